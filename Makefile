@@ -1,0 +1,43 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?= openai/clip-vit-base-patch16
+DATA ?= ../shared/data/har/sample/images
+OUT ?= outputs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<folder of images>"; exit 2; }
+	$(BIN)/clip-har bundle create --model $(MODEL) -o $(OUT)/bundle --force
+	$(BIN)/clip-har predict "$(DATA)" --bundle $(OUT)/bundle -o $(OUT)/predictions.csv
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy src
+
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/bench_preprocess.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,148 @@
+"""Shared by every benchmark: machine description and the results files.
+
+Every ``benchmarks/results/NAME.json`` has the same top level::
+
+    {"benchmark", "machine", "date", "results", "ratios", "goals", "notes"?}
+
+so a goal is checked by comparing ``ratios[name]`` with ``goals[name]``; a ratio is
+always "bigger is better". ``NAME.md`` is the same content as a human table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, core count and the versions of the libraries that decide the numbers."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": _package_version("torch"),
+        "numpy": _package_version("numpy"),
+        "pillow": _package_version("pillow"),
+        "transformers": _package_version("transformers"),
+        "onnxruntime": _package_version("onnxruntime"),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None (strict JSON has no Infinity/NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
+def _markdown(payload: dict[str, Any]) -> str:
+    machine = payload["machine"]
+    lines = [
+        f"# Benchmark: {payload['benchmark']}",
+        "",
+        f"{payload['date']} · {machine['cpu']} · {machine['cores']} cores "
+        f"({machine['cores_usable']} usable) · Python {machine['python']} · "
+        f"torch {machine['torch']} · numpy {machine['numpy']} · Pillow {machine['pillow']} · "
+        f"transformers {machine['transformers']} · onnxruntime {machine['onnxruntime']}",
+        "",
+    ]
+    rows: list[dict[str, Any]] = payload["results"]
+    if rows:
+        columns: list[str] = []
+        for row in rows:
+            columns.extend(key for key in row if key not in columns)
+        lines += ["## Results", ""]
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for row in rows:
+            lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        lines.append("")
+    ratios: dict[str, Any] = payload["ratios"]
+    goals: dict[str, Any] = payload["goals"]
+    lines += [
+        "## Ratios (bigger is better)",
+        "",
+        "| ratio | value | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for name in list(ratios) + [g for g in goals if g not in ratios]:
+        value, goal = ratios.get(name), goals.get(name)
+        met = "—" if goal is None else ("✅" if value is not None and value >= goal else "❌")
+        lines.append(f"| {name} | {_cell(value)} | {_cell(goal)} | {met} |")
+    if payload.get("notes"):
+        lines += ["", "## Notes", "", str(payload["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    name: str,
+    results: list[dict[str, Any]],
+    ratios: dict[str, float],
+    goals: dict[str, float],
+    notes: str = "",
+) -> tuple[Path, Path]:
+    """Write ``results/NAME.json`` and ``results/NAME.md``; return both paths."""
+    payload: dict[str, Any] = {
+        "benchmark": name,
+        "machine": machine_info(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": results,
+        "ratios": ratios,
+        "goals": goals,
+    }
+    if notes:
+        payload["notes"] = notes
+    payload = _clean(payload)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS_DIR / f"{name}.json"
+    md_path = RESULTS_DIR / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    md_path.write_text(_markdown(payload))
+    return json_path, md_path

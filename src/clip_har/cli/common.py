@@ -1,0 +1,47 @@
+"""Shared CLI plumbing: consoles, settings from the context, logging."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from clip_har.config import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # messages are never cut mid-path
+
+
+def settings_from(ctx: typer.Context, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings for this invocation: the global ``--params`` file plus command overrides."""
+    params: Path | None = (ctx.find_root().obj or {}).get("params")
+    return load_settings(params, overrides=overrides)
+
+
+def drop_none(section: dict[str, Any]) -> dict[str, Any]:
+    """CLI options left unset (``None``) must not override the params file."""
+    return {key: value for key, value in section.items() if value is not None}
+
+
+def configure_logging(verbosity: int) -> None:
+    """WARNING by default, INFO with -v, DEBUG with -vv; always on stderr."""
+    level = logging.WARNING - 10 * min(verbosity, 2)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "huggingface_hub", "transformers", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass

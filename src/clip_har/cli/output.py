@@ -1,0 +1,98 @@
+"""Render prediction results as a table, JSON or CSV, to the terminal or a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from clip_har.errors import ClipHarError
+from clip_har.inference.predictor import FileResult
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+CSV_COLUMNS = ("path", "label", "score", "top_k", "error")
+
+
+def result_row(result: FileResult) -> dict[str, Any]:
+    """A flat record: failures keep their row, with an empty label and the reason."""
+    prediction = result.prediction
+    return {
+        "path": str(result.path),
+        "label": prediction.label if prediction else None,
+        "score": round(prediction.score, 6) if prediction else None,
+        "top_k": [{"label": label, "score": round(score, 6)} for label, score in prediction.top_k]
+        if prediction
+        else [],
+        "error": result.error,
+    }
+
+
+def to_json(results: Sequence[FileResult]) -> str:
+    return json.dumps([result_row(r) for r in results], indent=2) + "\n"
+
+
+def to_csv(results: Sequence[FileResult]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        row = result_row(result)
+        row["top_k"] = ";".join(f"{item['label']}:{item['score']:.4f}" for item in row["top_k"])
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def to_table(results: Sequence[FileResult], title: str) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("label", style="bold green")
+    table.add_column("score", justify="right")
+    table.add_column("runners-up", style="dim")
+    for result in results:
+        if result.prediction is None:
+            reason = escape(result.error or "")
+            table.add_row(escape(str(result.path)), "[red]error[/red]", "", f"[red]{reason}[/red]")
+            continue
+        prediction = result.prediction
+        others = ", ".join(f"{label} {score:.2f}" for label, score in prediction.top_k[1:])
+        table.add_row(
+            escape(str(result.path)),
+            escape(prediction.label),
+            f"{prediction.score:.3f}",
+            escape(others),
+        )
+    return table
+
+
+RENDERERS = {".csv": to_csv, ".json": to_json}
+
+
+def write_results(path: Path, results: Sequence[FileResult]) -> None:
+    """Write results atomically, in the format named by the file suffix (.csv or .json)."""
+    render = RENDERERS.get(path.suffix.lower())
+    if render is None:
+        raise ClipHarError(f"cannot tell the output format of {path}: use a .csv or .json name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            stream.write(render(results))
+        Path(staging).replace(path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise

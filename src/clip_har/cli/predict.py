@@ -1,0 +1,129 @@
+"""``clip-har predict``: label images, folders and globs with a bundle or a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from clip_har.cli.common import console, drop_none, err_console, settings_from
+from clip_har.cli.output import OutputFormat, to_csv, to_json, to_table, write_results
+from clip_har.config import Settings
+from clip_har.errors import ClipHarError
+from clip_har.inference.inputs import collect_inputs
+from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
+from clip_har.models.prompts import load_class_names, load_prompt_set, validate_class_names
+
+EXIT_SOME_FAILED = 2
+_PROGRESS_THRESHOLD = 8
+
+
+def predict(
+    ctx: typer.Context,
+    inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    bundle: Path | None = typer.Option(None, "--bundle", "-b", help="Bundle directory."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Hub id, local directory or preset (zero-shot, no bundle)."
+    ),
+    labels: str | None = typer.Option(
+        None, "--labels", "-l", help='Open-vocabulary labels, comma separated: "running,eating".'
+    ),
+    prompts: str | None = typer.Option(None, "--prompts", help="Prompt set name or YAML file."),
+    top_k: int | None = typer.Option(None, "--top-k", "-k", min=1, help="Labels per image."),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", "-f", help="What to print on stdout."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Also write results to a .csv or .json file."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    skip_errors: bool = typer.Option(
+        False, "--skip-errors", help="Exit 0 even when some files could not be read."
+    ),
+) -> None:
+    """Predict the action in each image. Exit code 2 when some files failed."""
+    if bundle is not None and model is not None:
+        raise ClipHarError("use either --bundle or --model, not both")
+    settings = settings_from(
+        ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
+    )
+    collected = collect_inputs(inputs)
+    for pattern in collected.unmatched:
+        err_console.print(f"[yellow]no file matches[/yellow] {escape(pattern)}")
+    if not collected.paths:
+        raise ClipHarError("no input images found")
+
+    predictor = _make_predictor(settings, bundle, model, labels, prompts)
+    results = _run(predictor, collected.paths)
+
+    title = escape(f"{len(collected.paths)} images — model: {predictor.model_label}")
+    if output_format is OutputFormat.table:
+        console.print(to_table(results, title))
+    else:
+        renderer = to_json if output_format is OutputFormat.json else to_csv
+        typer.echo(renderer(results), nl=False)
+    if output is not None:
+        write_results(output, results)
+        err_console.print(f"wrote {output}")
+
+    failed = [r for r in results if r.error is not None]
+    for result in failed:
+        err_console.print(f"[red]✗[/red] {escape(f'{result.path}: {result.error}')}")
+    err_console.print(
+        f"predicted {len(results) - len(failed)} of {len(results)} images"
+        + (f", [red]{len(failed)} failed[/red]" if failed else "")
+    )
+    if (failed or collected.unmatched) and not skip_errors:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _make_predictor(
+    settings: Settings,
+    bundle: Path | None,
+    model: str | None,
+    labels: str | None,
+    prompts: str | None,
+) -> Predictor:
+    options = PredictOptions(
+        top_k=settings.predict.top_k,
+        batch_size=settings.predict.batch_size,
+        min_side=settings.data.min_image_side,
+        max_pixels=settings.data.max_image_pixels,
+    )
+    label_list = _parse_labels(labels) if labels is not None else None
+    prompt_set = load_prompt_set(prompts) if prompts else None
+    with err_console.status("loading model…"):
+        if bundle is not None:
+            predictor = Predictor.from_bundle(bundle, options=options)
+            return predictor.with_labels(label_list, prompt_set) if label_list else predictor
+        return Predictor.from_model(
+            model or settings.model.spec,
+            label_list or load_class_names(settings.data.classes),
+            prompt_set or settings.prompts.set,
+            revision=settings.model.revision if model is None else None,
+            cache_dir=settings.cache_dir,
+            options=options,
+        )
+
+
+def _parse_labels(text: str) -> list[str]:
+    return validate_class_names([label for label in text.split(",")], source="--labels")
+
+
+def _run(predictor: Predictor, paths: list[Path]) -> list[FileResult]:
+    results: list[FileResult] = []
+    with Progress(
+        TextColumn("predicting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=len(paths) <= _PROGRESS_THRESHOLD,
+    ) as progress:
+        task = progress.add_task("predict", total=len(paths))
+        for result in predictor.predict_files(paths):
+            results.append(result)
+            progress.advance(task)
+    return results

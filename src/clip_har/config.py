@@ -1,0 +1,129 @@
+"""Every setting as a pydantic model, loaded from ``params.yaml`` with env and CLI overrides.
+
+Precedence, highest first: explicit overrides (the CLI), environment variables
+(``CLIP_HAR_<SECTION>__<FIELD>``, e.g. ``CLIP_HAR_PREDICT__BATCH_SIZE=8``), the
+params file (``--params``, ``$CLIP_HAR_PARAMS`` or ``./params.yaml``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from clip_har.errors import ConfigError
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+_params_file: ContextVar[Path | None] = ContextVar("clip_har_params_file", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    """Which backbone to load."""
+
+    spec: str = Field(DEFAULT_MODEL, description="Hub id, local directory, or preset name.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+
+
+class PromptSettings(_Section):
+    """Text prompts for zero-shot heads."""
+
+    set: str = Field("actions", description="Built-in prompt set name or a YAML file path.")
+
+
+class DataSettings(_Section):
+    """Input data and the guards applied to every image."""
+
+    classes: str = Field("har15", description="Built-in class list name or a text file path.")
+    min_image_side: int = Field(16, ge=1, description="Reject images with a smaller side (px).")
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Reject larger images (pixels).")
+
+
+class PredictSettings(_Section):
+    """Batch prediction."""
+
+    batch_size: int = Field(32, ge=1)
+    top_k: int = Field(5, ge=1)
+
+
+class Settings(BaseSettings):
+    """All settings of clip-har."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLIP_HAR_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(
+            os.environ.get("CLIP_HAR_CACHE", Path.home() / ".cache" / "clip-har")
+        ),
+        description="Where presets and other derived artefacts are stored ($CLIP_HAR_CACHE).",
+    )
+    model: ModelSettings = ModelSettings()
+    prompts: PromptSettings = PromptSettings()
+    data: DataSettings = DataSettings()
+    predict: PredictSettings = PredictSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        params = _params_file.get()
+        if params is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=params))
+        return tuple(sources)
+
+
+def _find_params_file(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"params file not found: {explicit}")
+        return explicit
+    from_env = os.environ.get("CLIP_HAR_PARAMS")
+    if from_env:
+        return _find_params_file(Path(from_env))
+    return DEFAULT_PARAMS_FILE if DEFAULT_PARAMS_FILE.is_file() else None
+
+
+def load_settings(
+    params_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Load settings; ``overrides`` is a nested dict such as ``{"predict": {"top_k": 3}}``."""
+    path = _find_params_file(params_file)
+    token = _params_file.set(path)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid settings{where}:\n{_describe(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    finally:
+        _params_file.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    return "\n".join(
+        f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )

@@ -1,0 +1,199 @@
+"""The Predictor: preprocessing + engine + labels + top-k. Everything that predicts uses it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clip_har.errors import ClipHarError
+from clip_har.inference.engines import Engine, TorchEngine, create_engine
+from clip_har.inference.preprocess import ImageConfig, ImageLoadError, Preprocessor, load_image
+from clip_har.models.backbone import Backbone, load_backbone
+from clip_har.models.bundle import open_bundle
+from clip_har.models.classifier import TextEmbeddingCache, build_zero_shot_classifier
+from clip_har.models.prompts import PromptSet, load_prompt_set
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The best label, its probability, and the ``top_k`` (label, probability) pairs."""
+
+    label: str
+    score: float
+    top_k: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """Outcome for one input file: a prediction or the reason it failed."""
+
+    path: Path
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How many labels to return, batch size, and the guards applied to every image."""
+
+    top_k: int = 5
+    batch_size: int = 32
+    min_side: int = 16
+    max_pixels: int = 64_000_000
+
+    def __post_init__(self) -> None:
+        if min(self.top_k, self.batch_size, self.min_side, self.max_pixels) < 1:
+            raise ValueError(f"all prediction options must be at least 1: {self}")
+
+
+class OpenVocabulary:
+    """Builds zero-shot engines for arbitrary labels, caching text embeddings (LRU)."""
+
+    def __init__(self, backbone: Backbone, prompts: PromptSet) -> None:
+        self.backbone = backbone
+        self.prompts = prompts
+        self.cache = TextEmbeddingCache(backbone)
+
+    def engine_for(self, labels: Sequence[str], prompts: PromptSet | None = None) -> TorchEngine:
+        classifier = build_zero_shot_classifier(
+            self.backbone, labels, prompts or self.prompts, self.cache
+        )
+        return TorchEngine(classifier, self.backbone)
+
+
+class Predictor:
+    """Predict action labels for images, files or folders."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        image_config: ImageConfig,
+        class_names: Sequence[str],
+        *,
+        options: PredictOptions | None = None,
+        vocabulary: OpenVocabulary | None = None,
+        model_label: str = "unknown model",
+    ) -> None:
+        self.engine = engine
+        self.image_config = image_config
+        self.preprocessor = Preprocessor(image_config)
+        self.class_names = list(class_names)
+        self.options = options or PredictOptions()
+        self.vocabulary = vocabulary
+        self.model_label = model_label
+
+    # --- construction -------------------------------------------------------------
+    @classmethod
+    def from_bundle(
+        cls,
+        directory: str | Path,
+        format: str = "torch",
+        options: PredictOptions | None = None,
+    ) -> Predictor:
+        """Load a bundle with the engine for ``format``."""
+        bundle = open_bundle(directory)
+        engine = create_engine(bundle, format)
+        backbone = getattr(engine, "backbone", None)
+        vocabulary = OpenVocabulary(backbone, bundle.manifest.prompts) if backbone else None
+        info = bundle.manifest.backbone
+        return cls(
+            engine,
+            bundle.manifest.preprocessing,
+            bundle.class_names,
+            options=options,
+            vocabulary=vocabulary,
+            model_label=f"{bundle.manifest.name} ({info.spec}"
+            + (", RANDOM WEIGHTS)" if info.random_weights else ")"),
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        spec: str,
+        labels: Sequence[str],
+        prompts: PromptSet | str = "actions",
+        *,
+        revision: str | None = None,
+        cache_dir: Path | None = None,
+        options: PredictOptions | None = None,
+    ) -> Predictor:
+        """Zero-shot over ``labels`` straight from a backbone, no bundle needed."""
+        backbone = load_backbone(spec, revision=revision, cache_dir=cache_dir)
+        prompt_set = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts)
+        vocabulary = OpenVocabulary(backbone, prompt_set)
+        return cls(
+            vocabulary.engine_for(labels),
+            backbone.image_config,
+            labels,
+            options=options,
+            vocabulary=vocabulary,
+            model_label=backbone.label,
+        )
+
+    def with_labels(self, labels: Sequence[str], prompts: PromptSet | None = None) -> Predictor:
+        """Open vocabulary: the same model over new labels, built at run time."""
+        if self.vocabulary is None:
+            raise ClipHarError(
+                f"open-vocabulary labels need the torch engine with its backbone; this predictor "
+                f"uses the '{self.engine.format}' engine"
+            )
+        return Predictor(
+            self.vocabulary.engine_for(labels, prompts),
+            self.image_config,
+            labels,
+            options=self.options,
+            vocabulary=self.vocabulary,
+            model_label=self.model_label,
+        )
+
+    # --- prediction -------------------------------------------------------------
+    def predict_pixels(self, pixels: np.ndarray) -> list[Prediction]:
+        """Predictions for an already preprocessed batch ``[N, 3, H, W]``."""
+        probs = self.engine.predict(pixels)
+        return [self._rank(row) for row in probs]
+
+    def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Predictions for decoded PIL images (any mode)."""
+        results: list[Prediction] = []
+        for start in range(0, len(images), self.options.batch_size):
+            batch = self.preprocessor.batch(images[start : start + self.options.batch_size])
+            results.extend(self.predict_pixels(batch))
+        return results
+
+    def predict_files(self, paths: Iterable[Path]) -> Iterator[FileResult]:
+        """Yield one result per path, in order; unreadable files yield their reason."""
+        path_list = list(paths)
+        workers = min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            for start in range(0, len(path_list), self.options.batch_size):
+                chunk = path_list[start : start + self.options.batch_size]
+                loaded = list(pool.map(self._load, chunk))
+                good = [px for px in loaded if isinstance(px, np.ndarray)]
+                predictions = iter(self.predict_pixels(np.stack(good)) if good else [])
+                for path, outcome in zip(chunk, loaded, strict=True):
+                    if isinstance(outcome, np.ndarray):
+                        yield FileResult(path, prediction=next(predictions))
+                    else:
+                        yield FileResult(path, error=outcome)
+
+    def _load(self, path: Path) -> np.ndarray | str:
+        """Preprocessed pixels, or the reason the file cannot be used."""
+        try:
+            image = load_image(
+                path, min_side=self.options.min_side, max_pixels=self.options.max_pixels
+            )
+            return self.preprocessor(image)
+        except ImageLoadError as exc:
+            return exc.reason
+
+    def _rank(self, probs: np.ndarray) -> Prediction:
+        k = min(self.options.top_k, len(self.class_names))
+        order = np.argsort(-probs, kind="stable")[:k]
+        ranked = [(self.class_names[i], float(probs[i])) for i in order]
+        return Prediction(label=ranked[0][0], score=ranked[0][1], top_k=ranked)

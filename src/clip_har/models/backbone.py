@@ -1,0 +1,224 @@
+"""Contract 1 — the backbone: any CLIP-like ``transformers`` model behind one small interface.
+
+``load_backbone(spec)`` accepts a Hugging Face hub id, a local directory in
+``save_pretrained`` layout, or a preset name (see :mod:`clip_har.models.presets`).
+Presets are saved to disk first and then go through the very same loading code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clip_har.errors import ModelUnavailableError
+from clip_har.inference.preprocess import ImageConfig
+from clip_har.models.presets import PRESET_MARKER, PRESETS, ensure_preset, is_preset
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken"]
+_FINGERPRINT_FILES = ("*.json", "*.txt", "*.safetensors", "*.model")
+_TEXT_BATCH = 256
+
+
+class ImageEncoder(nn.Module):
+    """pixels ``[N, 3, H, W]`` -> L2-normalised image embeddings ``[N, D]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model: Any = model  # a transformers PreTrainedModel (untyped)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = _pooled(self.model.get_image_features(pixel_values=pixels))
+        return nn.functional.normalize(features, dim=-1)
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor (transformers 4) or an output object (5)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled: torch.Tensor = output.pooler_output
+    return pooled
+
+
+@dataclass
+class Backbone:
+    """A loaded vision-language model with the pieces every other part needs."""
+
+    spec: str
+    model: Any  # a transformers PreTrainedModel with get_image_features/get_text_features
+    tokenizer: Any
+    image_config: ImageConfig
+    fingerprint: str
+    random_weights: bool
+    source_dir: Path
+
+    def __post_init__(self) -> None:
+        self.image_encoder = ImageEncoder(self.model).eval()
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.model.config, "model_type", "unknown"))
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature, ``exp(logit_scale)``; 100 when the model has none."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.exp().item()) if scale is not None else 100.0
+
+    @cached_property
+    def embed_dim(self) -> int:
+        """Size of the joint embedding space (measured once, works for any architecture)."""
+        return int(self.encode_text(["a"]).shape[-1])
+
+    @property
+    def label(self) -> str:
+        """Human name; random presets are always marked as such."""
+        return f"{self.spec} (RANDOM WEIGHTS)" if self.random_weights else self.spec
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings ``[N, D]`` for preprocessed pixels ``[N, 3, H, W]``."""
+        result: torch.Tensor = self.image_encoder(pixels)
+        return result
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings ``[M, D]``."""
+        chunks = [
+            self._encode_text_batch(list(texts[i : i + _TEXT_BATCH]))
+            for i in range(0, len(texts), _TEXT_BATCH)
+        ]
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def _encode_text_batch(self, texts: list[str]) -> torch.Tensor:
+        # SigLIP was trained on fixed-length padding; CLIP pools at the EOS token.
+        padding = "max_length" if self.model_type.startswith("siglip") else True
+        tokens = self.tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+        features = _pooled(self.model.get_text_features(**tokens))
+        return nn.functional.normalize(features, dim=-1)
+
+
+def load_backbone(
+    spec: str, *, revision: str | None = None, cache_dir: Path | None = None
+) -> Backbone:
+    """Load a backbone from a preset name, a local directory, or a hub id."""
+    from clip_har.config import load_settings
+
+    cache = cache_dir if cache_dir is not None else load_settings().cache_dir
+    directory, identity = _resolve(spec, revision, cache)
+    return _load_directory(spec, directory, identity)
+
+
+def _resolve(spec: str, revision: str | None, cache_dir: Path) -> tuple[Path, str | None]:
+    """Return (directory, hub identity or None for content-hashed sources)."""
+    if is_preset(spec):
+        return ensure_preset(spec, cache_dir), None
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return local, None
+    if not _HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
+        raise ModelUnavailableError(
+            f"Model '{spec}' is not a directory, a preset ({', '.join(PRESETS)}) "
+            "or a Hugging Face hub id."
+        )
+    return _download(spec, revision)
+
+
+def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=_HUB_FILES, local_files_only=True
+            )
+        )
+    except LocalEntryNotFoundError:
+        try:
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES))
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            raise ModelUnavailableError(
+                f"Model '{repo_id}' (revision {revision or 'main'}) was not found on the "
+                f"Hugging Face Hub: {type(exc).__name__}. Check the id, or log in with "
+                "`hf auth login` if it is private."
+            ) from None
+        except Exception as exc:  # network errors come in many types (httpx, OSError, hub)
+            raise ModelUnavailableError(_offline_message(repo_id, exc)) from None
+    return path, f"{repo_id}@{path.name}"
+
+
+def _offline_message(repo_id: str, exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[0].removeprefix("Got: ") if lines else type(exc).__name__
+    return (
+        f"Model '{repo_id}' is not in the local Hugging Face cache and could not be downloaded "
+        f"({reason}). Fixes: use the built-in offline preset with `--model tiny` (random "
+        "weights, for trying the pipeline), point `--model` at a local directory saved with "
+        "`save_pretrained`, or run once on a machine connected to the Hugging Face Hub (or set "
+        "HF_HOME to a cache that already holds it)."
+    )
+
+
+def _load_directory(spec: str, directory: Path, identity: str | None) -> Backbone:
+    from transformers import AutoModel, AutoTokenizer
+
+    preprocessor = directory / "preprocessor_config.json"
+    if not (directory / "config.json").is_file():
+        raise ModelUnavailableError(f"{directory} has no config.json: not a save_pretrained model")
+    if not preprocessor.is_file():
+        raise ModelUnavailableError(f"{directory} has no preprocessor_config.json")
+    if not any(directory.glob("*.safetensors")):
+        raise ModelUnavailableError(
+            f"{directory} has no *.safetensors weights (pickle .bin weights are not loaded)"
+        )
+    model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
+    for method in ("get_image_features", "get_text_features"):
+        if not hasattr(model, method):
+            raise ModelUnavailableError(
+                f"{type(model).__name__} from {directory} has no {method}(): "
+                "not a CLIP-like image-text model"
+            )
+    marker = directory / PRESET_MARKER
+    random_weights = marker.is_file() and json.loads(marker.read_text()).get(
+        "random_weights", False
+    )
+    backbone = Backbone(
+        spec=spec,
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(directory),
+        image_config=ImageConfig.from_hf(json.loads(preprocessor.read_text())),
+        fingerprint=identity or f"sha256:{content_hash(directory)}",
+        random_weights=bool(random_weights),
+        source_dir=directory,
+    )
+    log.info("loaded backbone %s (%s)", backbone.label, backbone.fingerprint)
+    return backbone
+
+
+def content_hash(directory: Path) -> str:
+    """sha256 over the names and bytes of a model directory's config, tokenizer and weights."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in _FINGERPRINT_FILES for p in directory.glob(pattern)})
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

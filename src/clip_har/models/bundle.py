@@ -1,0 +1,256 @@
+"""Contract 4 — the bundle: a directory that carries a model through its whole life.
+
+Layout::
+
+    manifest.json       schema version, classes, prompts, preprocessing, backbone, head,
+                        metrics, lineage, exports
+    head.safetensors    the head's tensors
+    backbone/           optional copy of the backbone (save_pretrained layout)
+    exports/            optional exported engines (onnx, torchscript, tensorrt)
+
+Opening a bundle validates everything that can be checked without loading the
+backbone; loading the classifier then checks the backbone's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from clip_har import __version__
+from clip_har.errors import BundleError
+from clip_har.inference.preprocess import ImageConfig
+from clip_har.models.backbone import Backbone, load_backbone
+from clip_har.models.classifier import HEAD_TYPES, HARClassifier
+from clip_har.models.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+HEAD_FILE = "head.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneInfo(_Strict):
+    spec: str
+    revision: str | None = None
+    fingerprint: str
+    model_type: str
+    embed_dim: int = Field(gt=0)
+    random_weights: bool
+    embedded: bool = False
+
+
+class HeadInfo(_Strict):
+    type: Literal["zero_shot"]
+    file: str = HEAD_FILE
+
+
+class Lineage(_Strict):
+    created_at: datetime
+    clip_har_version: str
+    git_commit: str | None = None
+    data_version: str | None = None
+    run_id: str | None = None
+
+
+class Manifest(_Strict):
+    """Everything needed to rebuild, serve and trace a model."""
+
+    schema_version: Literal[1]
+    name: str = Field(min_length=1)
+    class_names: list[str] = Field(min_length=1)
+    prompts: PromptSet
+    preprocessing: ImageConfig
+    backbone: BackboneInfo
+    head: HeadInfo
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: Lineage
+    exports: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened, validated bundle directory. The backbone loads only on demand."""
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.manifest.class_names
+
+    def load_backbone(self, cache_dir: Path | None = None) -> Backbone:
+        """The bundle's own backbone copy if it has one, else the recorded spec + revision."""
+        info = self.manifest.backbone
+        if info.embedded:
+            return load_backbone(str(self.directory / BACKBONE_DIR), cache_dir=cache_dir)
+        backbone = load_backbone(info.spec, revision=info.revision, cache_dir=cache_dir)
+        if backbone.fingerprint != info.fingerprint:
+            raise BundleError(
+                f"{self.directory / MANIFEST}: backbone '{info.spec}' has changed since the bundle "
+                f"was made (fingerprint {backbone.fingerprint} != recorded {info.fingerprint}). "
+                "Rebuild the bundle, or create it with --include-backbone to keep a copy."
+            )
+        return backbone
+
+    def load_head_tensors(self) -> dict[str, torch.Tensor]:
+        path = self.directory / self.manifest.head.file
+        try:
+            tensors: dict[str, torch.Tensor] = load_file(path)
+        except (SafetensorError, OSError) as exc:
+            raise BundleError(f"{path}: cannot read head weights: {exc}") from None
+        expected = (len(self.class_names), self.manifest.backbone.embed_dim)
+        weights = tensors.get("class_weights")
+        if weights is None or tuple(weights.shape) != expected or "logit_scale" not in tensors:
+            shape = None if weights is None else tuple(weights.shape)
+            raise BundleError(
+                f"{path}: expected 'class_weights' of shape {expected} and 'logit_scale', "
+                f"found {sorted(tensors)} (class_weights shape {shape})"
+            )
+        return tensors
+
+    def load_classifier(self, backbone: Backbone | None = None) -> HARClassifier:
+        """Rebuild the exact classifier that was saved."""
+        backbone = backbone if backbone is not None else self.load_backbone()
+        tensors = self.load_head_tensors()
+        head_cls = HEAD_TYPES[self.manifest.head.type]
+        head = head_cls(tensors["class_weights"], float(tensors["logit_scale"]))
+        return HARClassifier(backbone.image_encoder, head, self.class_names).eval()
+
+
+def open_bundle(directory: str | Path) -> Bundle:
+    """Open and validate a bundle; errors name the file and the field that is wrong."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory not found: {directory}")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing (not a clip-har bundle?)")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{manifest_path}: must hold a JSON object")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: field 'schema_version' is {version!r}; this clip-har "
+            f"({__version__}) reads schema version {SCHEMA_VERSION}"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors()
+        )
+        raise BundleError(f"{manifest_path}: {problems}") from None
+    head_path = directory / manifest.head.file
+    if not head_path.is_file():
+        raise BundleError(f"{head_path}: missing (named by field 'head.file')")
+    if manifest.backbone.embedded and not (directory / BACKBONE_DIR).is_dir():
+        raise BundleError(f"{directory / BACKBONE_DIR}: missing but 'backbone.embedded' is true")
+    return Bundle(directory, manifest)
+
+
+def save_bundle(
+    directory: str | Path,
+    *,
+    classifier: HARClassifier,
+    backbone: Backbone,
+    prompts: PromptSet,
+    name: str | None = None,
+    include_backbone: bool = False,
+    metrics: dict[str, float] | None = None,
+    lineage: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write a bundle atomically: a failed save never damages an existing bundle."""
+    target = Path(directory)
+    if target.exists() and not overwrite:
+        raise BundleError(f"{target} already exists (use --force to replace it)")
+    head = classifier.head
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        name=name or target.name,
+        class_names=classifier.class_names,
+        prompts=prompts,
+        preprocessing=backbone.image_config,
+        backbone=BackboneInfo(
+            spec=backbone.spec,
+            revision=_hub_revision(backbone.fingerprint),
+            fingerprint=backbone.fingerprint,
+            model_type=backbone.model_type,
+            embed_dim=backbone.embed_dim,
+            random_weights=backbone.random_weights,
+            embedded=include_backbone,
+        ),
+        head=HeadInfo(type=head.head_type),
+        metrics=metrics or {},
+        lineage=Lineage(
+            created_at=datetime.now(timezone.utc),
+            clip_har_version=__version__,
+            git_commit=_git_commit(),
+            **(lineage or {}),
+        ),
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tensors = {name: tensor.contiguous() for name, tensor in head.state_dict().items()}
+        save_file(tensors, staging / HEAD_FILE, metadata={"head_type": head.head_type})
+        if include_backbone:
+            shutil.copytree(backbone.source_dir, staging / BACKBONE_DIR)
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+        _replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("saved bundle %s (%d classes)", target, len(manifest.class_names))
+    return open_bundle(target)
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an old ``target`` is removed only after the move."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    retired = target.with_name(f".{target.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _hub_revision(fingerprint: str) -> str | None:
+    """Hub fingerprints are ``repo@commit``; content hashes have no revision."""
+    if fingerprint.startswith("sha256:") or "@" not in fingerprint:
+        return None
+    return fingerprint.rsplit("@", 1)[1]
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

@@ -1,0 +1,96 @@
+"""Shared fixtures: real HAR photo folders, the tiny backbone, bundles and generated images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_har.models.backbone import Backbone, load_backbone
+from clip_har.models.bundle import save_bundle
+from clip_har.models.classifier import build_zero_shot_classifier
+from clip_har.models.prompts import load_class_names, load_prompt_set
+
+HAR_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "har"
+
+
+def _har_folder(name: str) -> Path:
+    folder = HAR_DATA / name
+    if not (folder / "images").is_dir():
+        pytest.skip(f"real HAR photos not available: {folder} is absent")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def har_sample_dir() -> Path:
+    """``shared/data/har/sample`` (155 photos + labels.csv); skips when absent."""
+    return _har_folder("sample")
+
+
+@pytest.fixture(scope="session")
+def har_dev_dir() -> Path:
+    """``shared/data/har/dev`` (904 photos + labels.csv); skips when absent."""
+    return _har_folder("dev")
+
+
+@pytest.fixture(scope="session")
+def clip_har_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache for the whole session (presets are built once), exported for subprocesses."""
+    cache = tmp_path_factory.mktemp("clip-har-cache")
+    previous = os.environ.get("CLIP_HAR_CACHE")
+    os.environ["CLIP_HAR_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("CLIP_HAR_CACHE", None)
+    else:
+        os.environ["CLIP_HAR_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(clip_har_cache: Path) -> Backbone:
+    """The ``tiny`` preset, built on disk and loaded through the real loading code."""
+    return load_backbone("tiny", cache_dir=clip_har_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_backbone: Backbone, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zero-shot bundle over the 15 HAR classes on the tiny backbone."""
+    prompts = load_prompt_set("actions")
+    classifier = build_zero_shot_classifier(tiny_backbone, load_class_names("har15"), prompts)
+    directory = tmp_path_factory.mktemp("bundles") / "tiny-har"
+    save_bundle(directory, classifier=classifier, backbone=tiny_backbone, prompts=prompts)
+    return directory
+
+
+def make_photo(path: Path, size: tuple[int, int] = (120, 90), seed: int = 0) -> Path:
+    """A smooth random colour image saved in the format named by the suffix."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    """Five good generated photos of assorted sizes and formats."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sizes = [(120, 90), (64, 200), (300, 300), (50, 40), (257, 181)]
+    for index, size in enumerate(sizes):
+        make_photo(folder / f"good_{index}.{'png' if index % 2 else 'jpg'}", size, seed=index)
+    return folder
+
+
+@pytest.fixture
+def mixed_folder(photo_folder: Path) -> Path:
+    """Good photos plus the four classic bad files."""
+    (photo_folder / "empty.jpg").write_bytes(b"")
+    good = (photo_folder / "good_0.jpg").read_bytes()
+    (photo_folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (photo_folder / "notes.jpg").write_text("this is not an image\n")
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(photo_folder / "pixel.png")
+    return photo_folder
