@@ -479,3 +479,14 @@ def test_fast_resize_is_active_and_exact_on_random_geometries() -> None:
         top, left = (new_h - crop[0]) // 2, (new_w - crop[1]) // 2
         np.testing.assert_array_equal(ours, expected[top : top + crop[0], left : left + crop[1]])
         assert max_diff(Preprocessor(config)(image), hf_pixels(reference, [image])[0]) <= TOLERANCE
+
+
+def test_into_writes_in_place_and_rejects_wrong_buffers() -> None:
+    preprocessor = Preprocessor(CLIP_CONFIG)
+    image = noise_rgb(300, 200, seed=3)
+    out = np.full((3, 224, 224), np.nan, dtype=np.float32)
+    preprocessor.into(image, out)
+    np.testing.assert_array_equal(out, preprocessor(image))
+    for bad in (np.empty((3, 224, 223), np.float32), np.empty((3, 224, 224), np.float64)):
+        with pytest.raises(ValueError, match="out must be float32"):
+            preprocessor.into(image, bad)

@@ -167,30 +167,38 @@ class Predictor:
         return results
 
     def predict_files(self, paths: Iterable[Path]) -> Iterator[FileResult]:
-        """Yield one result per path, in order; unreadable files yield their reason."""
+        """Yield one result per path, in order; unreadable files yield their reason.
+
+        Decoding and preprocessing run in a small thread pool (Pillow and the kernels
+        release the GIL), straight into one reused batch buffer.
+        """
         path_list = list(paths)
+        size = self.options.batch_size
+        buffer = np.empty((size, 3, *self.preprocessor.output_size), dtype=np.float32)
         workers = min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            for start in range(0, len(path_list), self.options.batch_size):
-                chunk = path_list[start : start + self.options.batch_size]
-                loaded = list(pool.map(self._load, chunk))
-                good = [px for px in loaded if isinstance(px, np.ndarray)]
-                predictions = iter(self.predict_pixels(np.stack(good)) if good else [])
-                for path, outcome in zip(chunk, loaded, strict=True):
-                    if isinstance(outcome, np.ndarray):
+            for start in range(0, len(path_list), size):
+                chunk = path_list[start : start + size]
+                errors = list(pool.map(self._load_into, chunk, buffer))
+                good = [i for i, error in enumerate(errors) if error is None]
+                pixels = buffer[: len(chunk)] if len(good) == len(chunk) else buffer[good]
+                predictions = iter(self.predict_pixels(pixels) if good else [])
+                for path, error in zip(chunk, errors, strict=True):
+                    if error is None:
                         yield FileResult(path, prediction=next(predictions))
                     else:
-                        yield FileResult(path, error=outcome)
+                        yield FileResult(path, error=error)
 
-    def _load(self, path: Path) -> np.ndarray | str:
-        """Preprocessed pixels, or the reason the file cannot be used."""
+    def _load_into(self, path: Path, out: np.ndarray) -> str | None:
+        """Preprocess ``path`` into ``out``; return the reason if the file cannot be used."""
         try:
             image = load_image(
                 path, min_side=self.options.min_side, max_pixels=self.options.max_pixels
             )
-            return self.preprocessor(image)
+            self.preprocessor.into(image, out)
         except ImageLoadError as exc:
             return exc.reason
+        return None
 
     def _rank(self, probs: np.ndarray) -> Prediction:
         k = min(self.options.top_k, len(self.class_names))

@@ -463,7 +463,7 @@ class Preprocessor:
     def __call__(self, image: Image.Image) -> NDArray[np.float32]:
         """Normalised pixels ``[3, H, W]`` for one image."""
         out = np.empty((3, self._out_h, self._out_w), dtype=np.float32)
-        self._into(image, out)
+        self.into(image, out)
         return out
 
     def batch(
@@ -491,14 +491,20 @@ class Preprocessor:
                 )
             target = out[: shape[0]]
         for i, image in enumerate(images):
-            self._into(image, target[i])
+            self.into(image, target[i])
         return target
 
     def resized_uint8(self, image: Image.Image) -> NDArray[np.uint8]:
         """The RGB uint8 ``[H, W, 3]`` pixels after resize and crop, before normalising."""
         return self._resize_crop(to_rgb(image))
 
-    def _into(self, image: Image.Image, out: NDArray[np.float32]) -> None:
+    def into(self, image: Image.Image, out: NDArray[np.float32]) -> None:
+        """Write normalised ``[3, H, W]`` pixels for ``image`` into ``out`` (no allocation)."""
+        if out.dtype != np.float32 or out.shape != (3, self._out_h, self._out_w):
+            raise ValueError(
+                f"out must be float32 of shape (3, {self._out_h}, {self._out_w}), "
+                f"got {out.dtype} {out.shape}"
+            )
         kernels.normalise_into(self._resize_crop(to_rgb(image)), self._scale, self._offset, out)
 
     def _target(self, width: int, height: int) -> tuple[int, int]:
