@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +97,21 @@ def mixed_folder(photo_folder: Path) -> Path:
     (photo_folder / "notes.jpg").write_text("this is not an image\n")
     Image.new("RGB", (1, 1), (255, 0, 0)).save(photo_folder / "pixel.png")
     return photo_folder
+
+
+CLI = shutil.which("clip-har", path=str(Path(sys.executable).parent)) or "clip-har"
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``clip-har`` console script as a user would."""
+    return subprocess.run(
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )

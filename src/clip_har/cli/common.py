@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from clip_har.config import Settings, load_settings
 
@@ -45,3 +54,40 @@ def configure_logging(verbosity: int) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
+
+
+_PROGRESS_THRESHOLD = 8
+
+
+class ProgressBar:
+    """A rich bar that appears only once the total is known to exceed the threshold."""
+
+    def __init__(self, description: str) -> None:
+        self._progress = Progress(
+            TextColumn(description),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+        )
+        self._task: TaskID | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= _PROGRESS_THRESHOLD:
+            return
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task(description="", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._progress.stop()

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from clip_har import __version__
-from clip_har.cli import bundle
+from clip_har.cli import bundle, data
 from clip_har.cli.common import configure_logging, err_console
 from clip_har.cli.predict import predict
 from clip_har.errors import ClipHarError
@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(data.app, name="data")
 app.command("predict")(predict)
 
 

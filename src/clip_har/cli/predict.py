@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clip_har.cli.common import console, drop_none, err_console, settings_from
+from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
 from clip_har.cli.output import OutputFormat, to_csv, to_json, to_table, write_results
 from clip_har.config import Settings
 from clip_har.errors import ClipHarError
@@ -17,7 +16,6 @@ from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
 from clip_har.models.prompts import load_class_names, load_prompt_set, validate_class_names
 
 EXIT_SOME_FAILED = 2
-_PROGRESS_THRESHOLD = 8
 
 
 def predict(
@@ -114,16 +112,8 @@ def _parse_labels(text: str) -> list[str]:
 
 def _run(predictor: Predictor, paths: list[Path]) -> list[FileResult]:
     results: list[FileResult] = []
-    with Progress(
-        TextColumn("predicting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=len(paths) <= _PROGRESS_THRESHOLD,
-    ) as progress:
-        task = progress.add_task("predict", total=len(paths))
+    with ProgressBar("predicting") as bar:
         for result in predictor.predict_files(paths):
             results.append(result)
-            progress.advance(task)
+            bar(len(results), len(paths))
     return results

@@ -1,0 +1,68 @@
+"""``clip-har data``: import, validate and split datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from clip_har.cli.common import ProgressBar, console, err_console, settings_from
+from clip_har.cli.data_split import split_command
+from clip_har.cli.data_validate import validate_command
+from clip_har.data.manifest import write_manifest
+from clip_har.data.sources import import_source
+
+app = typer.Typer(help="Import, validate and split datasets.", no_args_is_help=True)
+app.command("validate")(validate_command)
+app.command("split")(split_command)
+
+
+@app.command("import")
+def import_data(
+    ctx: typer.Context,
+    source: str = typer.Argument(
+        ...,
+        help="Folder (class sub-folders, flat images, labels.csv + images/, save_to_disk or "
+        "parquet), a .csv file, or hf:NAME[:split].",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for manifest.parquet."),
+    images_dir: Path | None = typer.Option(
+        None, "--images-dir", help="Folder the CSV's filenames are relative to."
+    ),
+) -> None:
+    """Read SOURCE into DIR/manifest.parquet: paths, labels, hashes, sizes. Files stay as-is."""
+    settings = settings_from(ctx)
+    with ProgressBar("hashing") as bar:
+        frame = import_source(
+            source,
+            images_dir=images_dir,
+            progress=bar,
+            cache_dir=settings.cache_dir,
+            max_pixels=settings.data.max_image_pixels,
+        )
+    path = write_manifest(frame, output)
+    _print_import_summary(frame)
+    err_console.print(f"wrote {escape(str(path))}")
+
+
+def _print_import_summary(frame: pd.DataFrame) -> None:
+    labels = frame["label"]
+    counts = labels.dropna().value_counts().sort_index()
+    if len(counts):
+        table = Table(title="images per class")
+        table.add_column("label")
+        table.add_column("images", justify="right")
+        for label, count in counts.items():
+            table.add_row(escape(str(label)), str(count))
+        console.print(table)
+    unreadable = int(frame["sha256"].isna().sum())
+    undecodable = int((frame["sha256"].notna() & frame["phash"].isna()).sum())
+    err_console.print(
+        f"{len(frame)} rows: {int(labels.notna().sum())} labelled, "
+        f"{int(labels.isna().sum())} unlabelled, {len(counts)} classes; "
+        + (f"[red]{unreadable} unreadable[/red]" if unreadable else "0 unreadable")
+        + (f", [yellow]{undecodable} not decodable[/yellow]" if undecodable else "")
+    )

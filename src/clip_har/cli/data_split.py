@@ -1,0 +1,44 @@
+"""``clip-har data split``: stratified, duplicate-aware train/val/test splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from clip_har.cli.common import console
+
+
+def split_command(
+    directory: Path = typer.Argument(..., help="Folder holding manifest.parquet (validated)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the split into."),
+    ratios: str = typer.Option("0.7,0.15,0.15", "--ratios", help="train,val,test fractions."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the assignment."),
+    near_distance: int = typer.Option(
+        4, "--near-distance", min=0, help="Max perceptual-hash distance of near duplicates."
+    ),
+) -> None:
+    """Split a manifest so duplicates never cross splits; report per-class counts."""
+    from clip_har.data.manifest import read_manifest, write_manifest
+    from clip_har.data.splits import SPLITS, parse_ratios, split_manifest
+
+    result = split_manifest(
+        read_manifest(directory), parse_ratios(ratios), seed=seed, near_distance=near_distance
+    )
+    write_manifest(result.manifest, output)
+    (output / "split_report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+
+    table = Table(title=f"split of {len(result.manifest)} images (seed {seed})")
+    table.add_column("class")
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    for label, counts in result.report["per_class"].items():
+        cells = [f"{counts['actual'][s]} / {counts['target'][s]}" for s in SPLITS]
+        table.add_row(label, *cells)
+    console.print(table)
+    console.print(
+        f"actual / target per class; max deviation {result.report['max_deviation_from_target']}; "
+        f"cross-split duplicate leakage: {result.report['cross_split_leakage']}"
+    )

@@ -1,0 +1,115 @@
+"""``clip-har data validate DIR -o OUT``: decode every image, queue rejections, report duplicates.
+
+Registered in :mod:`clip_har.cli.data` as ``app.command("validate")(validate_command)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from clip_har.cli.common import ProgressBar, console, err_console
+from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE
+from clip_har.data.manifest import read_manifest, write_manifest
+from clip_har.data.report import write_report, write_text_atomic
+from clip_har.data.validate import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    REASONS,
+    REJECTED_COLUMNS,
+    validate,
+)
+from clip_har.errors import ClipHarError
+from clip_har.models.prompts import load_class_names, validate_class_names
+
+REJECTED_FILE = "rejected.csv"
+
+
+def _classes(value: str | None) -> list[str] | None:
+    """A built-in list name (``har15``), a text file with one name per line, or ``a,b,c``."""
+    if value is None:
+        return None
+    if "," in value and not Path(value).exists():
+        return validate_class_names(value.split(","), source="--classes")
+    return load_class_names(value)
+
+
+def validate_command(
+    directory: Path = typer.Argument(
+        ..., help="Folder holding manifest.parquet (from `clip-har data import`), or the file."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the results."),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="Known labels: a built-in list (har15), a file with one name per line, or a,b,c. "
+        "Rows with other labels are rejected as unknown_label.",
+    ),
+    min_side: int = typer.Option(
+        DEFAULT_MIN_SIDE, "--min-side", min=1, help="Reject images whose shorter side is smaller."
+    ),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS,
+        "--max-pixels",
+        min=1,
+        help="Reject larger images from their header, without decoding (bomb guard).",
+    ),
+    near_distance: int = typer.Option(
+        DEFAULT_MAX_DISTANCE,
+        "--near-distance",
+        min=0,
+        max=63,
+        help="Near duplicates: perceptual hashes at most this many bits apart.",
+    ),
+) -> None:
+    """Fully decode every image; write a clean manifest, rejected.csv and the data report.
+
+    Source files are only read. Duplicates are reported, not rejected. Exits 0 even when
+    files are rejected: the rejection queue is the result.
+    """
+    frame = read_manifest(directory)
+    known = _classes(classes)
+    if output.exists() and not output.is_dir():
+        raise ClipHarError(f"--output {output} exists and is not a folder")
+
+    with ProgressBar("validating") as bar:
+        result = validate(
+            frame,
+            classes=known,
+            min_side=min_side,
+            max_pixels=max_pixels,
+            near_distance=near_distance,
+            progress=bar,
+        )
+
+    output.mkdir(parents=True, exist_ok=True)
+    rejected_csv = result.rejected[REJECTED_COLUMNS].to_csv(index=False, lineterminator="\n")
+    write_text_atomic(output / REJECTED_FILE, rejected_csv)
+    write_report(result.report, output, result.rejected)
+    write_manifest(result.manifest, output)
+
+    report = result.report
+    table = Table(title=escape(f"validation of {len(frame)} files"), show_header=True)
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("accepted", f"[green]{report['accepted']}[/green]")
+    table.add_row("rejected", f"[red]{report['rejected']}[/red]" if report["rejected"] else "0")
+    for code, count in report["rejected_by_reason"].items():
+        table.add_row(f"  {escape(code)} [dim]({escape(REASONS.get(code, ''))})[/dim]", str(count))
+    table.add_row("exact duplicate groups", str(report["exact_duplicate_groups"]))
+    table.add_row("  extra copies", str(report["exact_duplicate_extra_copies"]))
+    table.add_row(
+        f"near-duplicate groups (≤{near_distance} bits)", str(report["near_duplicate_groups"])
+    )
+    conflicts = len(report["label_conflicts"])
+    table.add_row("label conflicts", f"[yellow]{conflicts}[/yellow]" if conflicts else "0")
+    if report["imbalance_ratio"] is not None:
+        table.add_row("class imbalance (max/min)", f"{report['imbalance_ratio']:.2f}")
+    console.print(table)
+    err_console.print(
+        f"wrote {escape(str(output))}/manifest.parquet, {REJECTED_FILE}, "
+        "data_report.json and data_report.html"
+    )

@@ -1,0 +1,1 @@
+"""Data platform: sources, manifest, validation, splits, balance, augmentation, datasets."""

@@ -1,0 +1,381 @@
+"""The data report: ``data_report.json`` (machine-readable) and ``data_report.html`` (for people).
+
+The HTML page is self-contained: inline CSS, plots embedded as base64 PNGs drawn with
+matplotlib's Agg canvas, no script and no network access. Every path, label and message
+is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE, exact_groups, merged_groups, near_groups
+
+__all__ = ["HTML_FILE", "JSON_FILE", "build_report", "render_html", "write_report"]
+
+JSON_FILE = "data_report.json"
+HTML_FILE = "data_report.html"
+HISTOGRAM_BINS = 20
+HTML_ROW_LIMIT = 2000  # rows per table in the page; the JSON and CSV hold everything
+
+
+def _none_if_na(value: Any) -> Any:
+    return None if value is None or value is pd.NA else value
+
+
+def _histogram(values: pd.Series) -> dict[str, list[float] | list[int]]:
+    data = values.dropna().astype("int64").to_numpy()
+    if data.size == 0:
+        return {"bins": [], "counts": []}
+    bins = min(HISTOGRAM_BINS, max(1, len(np.unique(data))))
+    counts, edges = np.histogram(data, bins=bins)
+    return {"bins": [round(float(e), 2) for e in edges], "counts": counts.astype(int).tolist()}
+
+
+def _group_record(frame: pd.DataFrame, rows: Sequence[int]) -> dict[str, Any]:
+    part = frame.iloc[list(rows)]
+    return {
+        "paths": [str(p) for p in part["path"]],
+        "labels": [_none_if_na(v) for v in part["label"]],
+        "sha256": [_none_if_na(v) for v in part["sha256"]],
+        "phash": [_none_if_na(v) for v in part["phash"]],
+    }
+
+
+def build_report(
+    clean: pd.DataFrame,
+    rejected: pd.DataFrame,
+    *,
+    classes: Sequence[str] | None = None,
+    near_distance: int = DEFAULT_MAX_DISTANCE,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything ``data_report.json`` holds, computed from the clean manifest and rejections.
+
+    Duplicate statistics are over accepted rows only. ``near_duplicate_groups`` counts
+    perceptual-hash groups holding at least two *different* files (byte-identical copies
+    alone are exact duplicates); ``label_conflicts`` lists every exact-or-near group whose
+    labels differ.
+    """
+    reasons = Counter(str(r) for r in rejected["reason"]) if len(rejected) else Counter()
+    labelled = bool(clean["label"].notna().any())
+
+    counts = Counter(str(v) for v in clean["label"].dropna())
+    class_counts: dict[str, int] = {}
+    for name in list(classes or []) + sorted(counts):
+        class_counts.setdefault(name, counts.get(name, 0))
+    present = [c for c in class_counts.values() if c > 0]
+    imbalance = round(max(present) / min(present), 4) if present else None
+
+    exact = exact_groups(clean)
+    exact_records = []
+    for rows in exact:
+        record = _group_record(clean, rows)
+        record["sha256"] = record["sha256"][0]
+        record.pop("phash")
+        exact_records.append(record)
+
+    near_records = []
+    for rows in near_groups(clean, near_distance):
+        if clean["sha256"].iloc[rows].nunique(dropna=True) >= 2:
+            near_records.append(_group_record(clean, rows))
+
+    conflicts = []
+    for rows in merged_groups(clean, near_distance):
+        labels = {str(v) for v in clean["label"].iloc[rows].dropna()}
+        if len(labels) >= 2:
+            record = _group_record(clean, rows)
+            distinct_files = clean["sha256"].iloc[rows].nunique(dropna=True)
+            record["kind"] = "exact" if distinct_files == 1 else "near"
+            record["distinct_labels"] = sorted(labels)
+            conflicts.append(record)
+
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": dict(settings or {}),
+        "total": len(clean) + len(rejected),
+        "accepted": len(clean),
+        "rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "labelled": labelled,
+        "classes": list(classes) if classes is not None else None,
+        "class_counts": class_counts,
+        "missing_classes": [name for name, n in class_counts.items() if n == 0],
+        "imbalance_ratio": imbalance,
+        "width_histogram": _histogram(clean["width"]),
+        "height_histogram": _histogram(clean["height"]),
+        "modes": dict(Counter(str(v) for v in clean["mode"].dropna()).most_common()),
+        "formats": dict(Counter(str(v) for v in clean["format"].dropna()).most_common()),
+        "exact_duplicate_groups": len(exact),
+        "exact_duplicate_extra_copies": sum(len(rows) - 1 for rows in exact),
+        "exact_duplicates": exact_records,
+        "near_duplicate_groups": len(near_records),
+        "near_duplicate_distance": near_distance,
+        "near_duplicates": near_records,
+        "label_conflicts": conflicts,
+    }
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plots(report: dict[str, Any]) -> dict[str, str]:
+    """Base64 PNGs: the class histogram and the width/height histograms."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    plots: dict[str, str] = {}
+    counts: dict[str, int] = report.get("class_counts") or {}
+    if counts:
+        figure = Figure(figsize=(7, max(2.0, 0.3 * len(counts) + 1)))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        names = list(counts)[::-1]
+        axes.barh(names, [counts[n] for n in names], color="#4c72b0")
+        axes.set_xlabel("images")
+        axes.set_title("Images per class")
+        plots["classes"] = _png(figure)
+    histograms = [(k, report.get(f"{k}_histogram") or {}) for k in ("width", "height")]
+    if any(h.get("counts") for _, h in histograms):
+        figure = Figure(figsize=(9, 3))
+        FigureCanvasAgg(figure)
+        for index, (name, hist) in enumerate(histograms, start=1):
+            axes = figure.add_subplot(1, 2, index)
+            edges, values = hist.get("bins") or [], hist.get("counts") or []
+            if values:
+                axes.stairs(values, edges, fill=True, color="#55a868")
+            axes.set_xlabel(f"{name} (px)")
+            axes.set_ylabel("images")
+            axes.set_title(f"Image {name}")
+        plots["sizes"] = _png(figure)
+    return plots
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], limit: int = HTML_ROW_LIMIT
+) -> str:
+    if not rows:
+        return "<p class='none'>None.</p>"
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows[:limit]
+    )
+    more = (
+        f"<p class='none'>… {len(rows) - limit} more rows (see the JSON / CSV).</p>"
+        if len(rows) > limit
+        else ""
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def _lines(values: Iterable[Any]) -> str:
+    return "<br>".join(_esc(v) for v in values)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222}
+h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td{word-break:break-all}.num{text-align:right}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;
+padding:.6rem 1rem;min-width:8rem}.card b{display:block;font-size:1.5rem}
+.bad b{color:#c0392b}.none{color:#777}img{max-width:100%}
+"""
+
+
+def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) -> str:
+    """A self-contained HTML page for the report (and the rejection queue, when given)."""
+    from clip_har.data.validate import REASONS
+
+    plots = _plots(report)
+    cards = [
+        ("accepted", report.get("accepted"), ""),
+        ("rejected", report.get("rejected"), "bad" if report.get("rejected") else ""),
+        ("exact duplicate groups", report.get("exact_duplicate_groups"), ""),
+        ("extra exact copies", report.get("exact_duplicate_extra_copies"), ""),
+        ("near-duplicate groups", report.get("near_duplicate_groups"), ""),
+        (
+            "label conflicts",
+            len(report.get("label_conflicts") or []),
+            "bad" if report.get("label_conflicts") else "",
+        ),
+        ("imbalance ratio", report.get("imbalance_ratio"), ""),
+    ]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>Data report</title><style>{_CSS}</style></head><body>",
+        "<h1>Data report</h1>",
+        f"<p class='none'>{_esc(report.get('created_at'))} · settings: "
+        f"{_esc(json.dumps(report.get('settings') or {}))}</p>",
+        "<div class='cards'>",
+        *(
+            f"<div class='card {cls}'><b>{_esc('—' if v is None else v)}</b>{_esc(k)}</div>"
+            for k, v, cls in cards
+        ),
+        "</div>",
+    ]
+
+    parts.append("<h2>Rejections by reason</h2>")
+    by_reason: dict[str, int] = report.get("rejected_by_reason") or {}
+    parts.append(
+        _table(
+            ["reason", "meaning", "files"],
+            [
+                (_esc(code), _esc(REASONS.get(code, "")), f"<span class='num'>{n}</span>")
+                for code, n in by_reason.items()
+            ],
+        )
+    )
+    if rejected is not None and len(rejected):
+        parts.append("<h2>Rejected files</h2>")
+        parts.append(
+            _table(
+                ["path", "reason", "detail", "label"],
+                [
+                    tuple(
+                        _esc(_none_if_na(row.get(c))) for c in ("path", "reason", "detail", "label")
+                    )
+                    for row in rejected.to_dict("records")
+                ],
+            )
+        )
+
+    parts.append("<h2>Classes</h2>")
+    if not report.get("labelled"):
+        parts.append("<p class='none'>Unlabelled manifest.</p>")
+    if "classes" in plots:
+        parts.append(f"<img alt='images per class' src='data:image/png;base64,{plots['classes']}'>")
+    counts: dict[str, int] = report.get("class_counts") or {}
+    parts.append(
+        _table(
+            ["class", "images"],
+            [(_esc(k), f"<span class='num'>{v}</span>") for k, v in counts.items()],
+        )
+    )
+
+    parts.append("<h2>Image sizes, modes and formats</h2>")
+    if "sizes" in plots:
+        parts.append(f"<img alt='size histograms' src='data:image/png;base64,{plots['sizes']}'>")
+    for key in ("modes", "formats"):
+        values: dict[str, int] = report.get(key) or {}
+        parts.append(_table([key[:-1], "images"], [(_esc(k), str(v)) for k, v in values.items()]))
+
+    parts.append("<h2>Label conflicts</h2>")
+    parts.append(
+        _table(
+            ["kind", "labels", "files"],
+            [
+                (
+                    _esc(c.get("kind")),
+                    _esc(", ".join(c.get("distinct_labels") or [])),
+                    _lines(f"{p}  [{lab}]" for p, lab in zip(c["paths"], c["labels"], strict=True)),
+                )
+                for c in report.get("label_conflicts") or []
+            ],
+        )
+    )
+    parts.append("<h2>Exact duplicate groups (same bytes)</h2>")
+    parts.append(
+        _table(
+            ["sha256", "copies", "files"],
+            [
+                (
+                    _esc(str(g.get("sha256"))[:16] + "…"),
+                    str(len(g["paths"])),
+                    _lines(f"{p}  [{lab}]" for p, lab in zip(g["paths"], g["labels"], strict=True)),
+                )
+                for g in report.get("exact_duplicates") or []
+            ],
+        )
+    )
+    parts.append(
+        f"<h2>Near-duplicate groups (perceptual hash within "
+        f"{_esc(report.get('near_duplicate_distance'))} bits)</h2>"
+    )
+    parts.append(
+        _table(
+            ["files", "members"],
+            [
+                (
+                    str(len(g["paths"])),
+                    _lines(
+                        f"{p}  [{lab}]  {h}"
+                        for p, lab, h in zip(g["paths"], g["labels"], g["phash"], strict=True)
+                    ),
+                )
+                for g in report.get("near_duplicates") or []
+            ],
+        )
+    )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return _json_safe(float(value))
+    return _none_if_na(value)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        Path(staging).chmod(0o644)  # mkstemp makes 0600; a report is meant to be shared
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        Path(staging).replace(path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(
+    report: dict[str, Any], directory: str | os.PathLike[str], rejected: pd.DataFrame | None = None
+) -> tuple[Path, Path]:
+    """Write ``data_report.json`` and ``data_report.html`` into ``directory`` (atomically)."""
+    folder = Path(directory)
+    json_path = write_text_atomic(
+        folder / JSON_FILE, json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n"
+    )
+    html_path = write_text_atomic(folder / HTML_FILE, render_html(report, rejected))
+    return json_path, html_path

@@ -1,0 +1,248 @@
+"""Validation: decode every image, reject what cannot be used, report duplicates.
+
+Each manifest row is read once (sha256 of the bytes) and **fully decoded** with
+:func:`clip_har.inference.preprocess.load_image` (header size guards first, so a
+decompression bomb is rejected from its header and never decoded; then the whole pixel
+stream; then EXIF orientation). ``sha256``, ``phash``, ``width``, ``height`` (after EXIF
+orientation), ``format`` and ``mode`` are refreshed from what was decoded. Source files
+are only ever opened for reading: never modified, moved or deleted.
+
+A row is rejected with exactly one reason code (the first problem found, in this order):
+
+===============  ==================================================================
+missing_file     the path does not exist
+unreadable       the path exists but cannot be read (a directory, no permission, I/O error)
+empty_file       the file has 0 bytes
+not_an_image     no image decoder recognises the bytes (e.g. a text file named .jpg)
+corrupt_data     an image header is recognised but the data is truncated or corrupt
+too_small        the shorter side is below ``min_side`` pixels (default 32)
+too_large        more than ``max_pixels`` pixels (default 64 megapixels), read from the
+                 header: decompression bombs are rejected without decoding
+empty_label      the manifest is labelled but this row's label is null or blank
+unknown_label    the label is not one of ``classes`` (only checked when classes are given)
+===============  ==================================================================
+
+A manifest whose labels are all null is *unlabelled*: no label checks, everything else
+runs. Every decodable mode (grayscale, RGB, RGBA, CMYK, palette, 16-bit, ...) is
+accepted as it is; conversion to RGB happens in preprocessing.
+
+Duplicates are **reported, not rejected** (see :mod:`clip_har.data.duplicates`): exact
+duplicate groups (same sha256) and their extra copies, near-duplicate groups (perceptual
+hashes within ``near_distance`` bits, holding at least two different files), and label
+conflicts (an exact-or-near duplicate group whose labels differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE
+from clip_har.data.hashing import perceptual_hash
+from clip_har.data.manifest import conform
+from clip_har.data.report import build_report
+from clip_har.inference.preprocess import ImageLoadError, load_image
+
+__all__ = [
+    "REASONS",
+    "REJECTED_COLUMNS",
+    "ValidationResult",
+    "check_file",
+    "validate",
+]
+
+REASONS: dict[str, str] = {
+    "missing_file": "the file does not exist",
+    "unreadable": "the path exists but cannot be read",
+    "empty_file": "the file has 0 bytes",
+    "not_an_image": "not an image format any decoder recognises",
+    "corrupt_data": "truncated or corrupt image data",
+    "too_small": "shorter side below the minimum",
+    "too_large": "more pixels than the maximum (rejected from the header, never decoded)",
+    "empty_label": "null or blank label in a labelled manifest",
+    "unknown_label": "label not in the class list",
+}
+REJECTED_COLUMNS = ["path", "reason", "detail", "label"]
+DEFAULT_MIN_SIDE = 32
+DEFAULT_MAX_PIXELS = 64_000_000
+WORKERS = 2
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each file."""
+
+
+@dataclass
+class FileCheck:
+    """What validating one file found: the refreshed fields, or a rejection."""
+
+    sha256: str | None = None
+    phash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    mode: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class ValidationResult:
+    """The clean manifest, the rejection queue and the report."""
+
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _reason_for(error: ImageLoadError) -> str:
+    """Map :func:`load_image`'s failure to a reason code."""
+    text = error.reason.lower()
+    if text.startswith("file not found"):
+        return "missing_file"
+    if text.startswith("empty file"):
+        return "empty_file"
+    if text.startswith("not an image"):
+        return "not_an_image"
+    if text.startswith("image too large"):
+        return "too_large"
+    if text.startswith("image too small"):
+        return "too_small"
+    if text.startswith(("corrupt image header", "truncated or corrupt", "cannot apply exif")):
+        return "corrupt_data"
+    return "unreadable"
+
+
+def check_file(
+    path: str | os.PathLike[str],
+    *,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> FileCheck:
+    """Read, hash and fully decode one file (read-only); never raises for a bad file."""
+    location = Path(path)
+    try:
+        if not location.exists():
+            return FileCheck(reason="missing_file", detail="file not found")
+        if location.is_dir():
+            return FileCheck(reason="unreadable", detail="is a directory, not an image file")
+        data = location.read_bytes()
+    except OSError as exc:
+        return FileCheck(reason="unreadable", detail=f"cannot read file ({exc.strerror or exc})")
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not data:
+        return FileCheck(sha256=sha256, reason="empty_file", detail="empty file (0 bytes)")
+    try:
+        image = load_image(data, min_side=min_side, max_pixels=max_pixels)
+        # EXIF transposition drops .format; read it from the header (no decoding)
+        image_format = image.format or Image.open(io.BytesIO(data)).format
+        phash = perceptual_hash(image)
+    except ImageLoadError as exc:
+        return FileCheck(sha256=sha256, reason=_reason_for(exc), detail=exc.reason)
+    except Exception as exc:  # a decoder or converter failing in a way load_image missed
+        return FileCheck(
+            sha256=sha256, reason="corrupt_data", detail=f"{type(exc).__name__}: {exc}"
+        )
+    return FileCheck(
+        sha256=sha256,
+        phash=phash,
+        width=image.width,
+        height=image.height,
+        format=image_format,
+        mode=image.mode,
+    )
+
+
+def _label_problem(label: object, labelled: bool, classes: set[str] | None) -> tuple[str, str]:
+    """``(reason, detail)`` for a bad label, or ``("", "")``."""
+    if not labelled:
+        return "", ""
+    if label is None or label is pd.NA or (isinstance(label, float) and pd.isna(label)):
+        return "empty_label", "no label in a labelled manifest"
+    text = str(label).strip()
+    if not text:
+        return "empty_label", "blank label"
+    if classes is not None and text not in classes:
+        return "unknown_label", f"label {text!r} is not one of the {len(classes)} known classes"
+    return "", ""
+
+
+def validate(
+    frame: pd.DataFrame,
+    *,
+    classes: list[str] | None = None,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    near_distance: int = DEFAULT_MAX_DISTANCE,
+    progress: ProgressCallback | None = None,
+) -> ValidationResult:
+    """Validate every row of a manifest; see the module docstring for the reason codes."""
+    if min_side < 1:
+        raise ValueError(f"min_side must be at least 1, got {min_side}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    frame = conform(frame)
+    total = len(frame)
+    paths = frame["path"].tolist()
+    checks: list[FileCheck] = [FileCheck()] * total
+
+    def work(position: int) -> tuple[int, FileCheck]:
+        path = paths[position]
+        if path is None or path is pd.NA or not str(path).strip():
+            return position, FileCheck(reason="missing_file", detail="no path in the manifest")
+        return position, check_file(str(path), min_side=min_side, max_pixels=max_pixels)
+
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="validate") as pool:
+        for done, (position, check) in enumerate(pool.map(work, range(total)), start=1):
+            checks[position] = check
+            if progress is not None:
+                progress(done, total)
+
+    labelled = bool(frame["label"].notna().any())
+    known = set(classes) if classes is not None else None
+    out = frame.copy()
+    for column in ("sha256", "phash", "width", "height", "format", "mode"):
+        out[column] = [getattr(check, column) for check in checks]
+    reasons: list[str] = []
+    details: list[str] = []
+    for check, label in zip(checks, frame["label"].tolist(), strict=True):
+        if check.reason is not None:
+            reasons.append(check.reason)
+            details.append(check.detail or REASONS[check.reason])
+            continue
+        reason, detail = _label_problem(label, labelled, known)
+        reasons.append(reason)
+        details.append(detail)
+    out["label"] = [
+        None if label is None or label is pd.NA else str(label).strip()
+        for label in frame["label"].tolist()
+    ]
+    out = conform(out)
+
+    bad = pd.Series([bool(r) for r in reasons], index=out.index)
+    rejected = pd.DataFrame(
+        {
+            "path": out["path"][bad].astype("string"),
+            "reason": [r for r in reasons if r],
+            "detail": [d for r, d in zip(reasons, details, strict=True) if r],
+            "label": out["label"][bad].astype("string"),
+        },
+        columns=REJECTED_COLUMNS,
+    ).reset_index(drop=True)
+    clean = conform(out[~bad])
+    report = build_report(
+        clean,
+        rejected,
+        classes=classes,
+        near_distance=near_distance,
+        settings={"min_side": min_side, "max_pixels": max_pixels, "near_distance": near_distance},
+    )
+    return ValidationResult(manifest=clean, rejected=rejected, report=report)

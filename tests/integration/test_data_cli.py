@@ -1,0 +1,53 @@
+"""The real ``clip-har data`` console script, run as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from clip_har.data.manifest import read_manifest
+
+pytestmark = pytest.mark.integration
+
+
+def data_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd, env={"CLIP_HAR_CACHE": str(cwd / "cache")})
+
+
+def test_data_import_sample_folder_and_bad_source(har_sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "imported"
+    result = data_cli("data", "import", str(har_sample_dir), "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    frame = read_manifest(out)
+    assert len(frame) == 155 and frame["sha256"].notna().all()
+    assert "155 rows: 155 labelled, 0 unlabelled, 15 classes" in result.stderr
+    assert "using_laptop" in result.stdout
+
+    bad = data_cli("data", "import", str(tmp_path / "missing"), "-o", str(out), cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "source not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_import_validate_split_pipeline(har_sample_dir: Path, tmp_path: Path) -> None:
+    """import -> validate -> split on real photos, through the console script."""
+    raw, valid, split_dir = (str(tmp_path / name) for name in ("raw", "valid", "split"))
+    steps = [
+        ("data", "import", str(har_sample_dir), "-o", raw),
+        ("data", "validate", raw, "-o", valid, "--classes", "har15"),
+        ("data", "split", valid, "-o", split_dir, "--seed", "3"),
+    ]
+    for step in steps:
+        result = data_cli(*step, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "valid" / "data_report.json").read_text())
+    assert report["accepted"] == 155 and report["rejected"] == 0
+    assert report["exact_duplicate_groups"] == 5
+    assert (tmp_path / "valid" / "data_report.html").read_text().count("<img") >= 1
+    split = json.loads((tmp_path / "split" / "split_report.json").read_text())
+    assert split["cross_split_leakage"] == 0
+    assert split["max_deviation_from_target"] <= 1
+    assert set(read_manifest(tmp_path / "split")["split"]) == {"train", "val", "test"}
