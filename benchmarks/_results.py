@@ -146,3 +146,14 @@ def write_results(
     json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     md_path.write_text(_markdown(payload))
     return json_path, md_path
+
+
+def print_ratios(
+    ratios: dict[str, float], goals: dict[str, float], paths: tuple[Path, Path]
+) -> None:
+    """Print each ratio against its goal, then where the results were written."""
+    for name, value in ratios.items():
+        goal = goals.get(name)
+        mark = "" if goal is None else (" ✅" if value >= goal else f" ❌ (goal {goal})")
+        print(f"  {name}: {value}{mark}")
+    print(f"wrote {paths[0]} and {paths[1]}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _results import write_results
+from _results import print_ratios, write_results
 
 from clip_har.data.duplicates import HashIndex, brute_force_pairs
 from clip_har.data.manifest import conform
@@ -187,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = write_results("data", results, ratios, GOALS, " ".join(notes))
     for r in results:
         print("  " + ", ".join(f"{k}={v}" for k, v in r.items() if v is not None))
-    for name, value in ratios.items():
-        goal = GOALS.get(name)
-        mark = "" if goal is None else (" ✅" if value >= goal else f" ❌ (goal {goal})")
-        print(f"  {name}: {value}{mark}")
-    print(f"wrote {json_path.relative_to(REPO)} and {md_path.relative_to(REPO)}")
+    print_ratios(ratios, GOALS, (json_path, md_path))
     return 0
 
 

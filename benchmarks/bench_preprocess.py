@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import write_results
+from _results import print_ratios, write_results
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
@@ -312,11 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif r["impl"] == "stage":
             print(f"  stage {r['mode']:38s} {r['ms_per_image']:.3f} ms/img")
-    for name, value in ratios.items():
-        goal = GOALS.get(name)
-        mark = "" if goal is None else (" ✅" if value >= goal else f" ❌ (goal {goal})")
-        print(f"  {name}: {value}{mark}")
-    print(f"wrote {json_path.relative_to(REPO)} and {md_path.relative_to(REPO)}")
+    print_ratios(ratios, GOALS, (json_path, md_path))
     return 0
 
 
