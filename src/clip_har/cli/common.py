@@ -47,13 +47,10 @@ def configure_logging(verbosity: int) -> None:
     )
     for noisy in ("httpx", "huggingface_hub", "transformers", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # imported late: keeps --help fast
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        pass
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 _PROGRESS_THRESHOLD = 8

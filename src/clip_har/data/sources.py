@@ -23,18 +23,15 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
-from clip_har.data.hashing import file_sha256, perceptual_hash
 from clip_har.data.manifest import conform
+from clip_har.data.validate import FACT_COLUMNS, check_files
 from clip_har.errors import ConfigError
-from clip_har.inference.preprocess import ImageLoadError, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +68,6 @@ class _Entry:
     label: str | None
 
 
-@dataclass(frozen=True)
-class _Facts:
-    """What hashing and decoding found out about one file."""
-
-    sha256: str | None = None
-    phash: str | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    mode: str | None = None
-
-
 def import_source(
     source: str,
     *,
@@ -100,17 +85,18 @@ def import_source(
     """
     entries, origin = _entries(source, images_dir, cache_dir)
     logger.info("%s: %d file(s) to hash", origin, len(entries))
-    facts = _describe_all([e.path for e in entries], max_pixels, workers, progress)
+    checks = check_files(
+        [e.path for e in entries],
+        min_side=1,
+        max_pixels=max_pixels,
+        workers=max(2, min(workers, 4)),
+        progress=progress,
+    )
     frame = pd.DataFrame(
         {
             "path": [str(e.path) for e in entries],
             "label": [e.label for e in entries],
-            "sha256": [f.sha256 for f in facts],
-            "phash": [f.phash for f in facts],
-            "width": [f.width for f in facts],
-            "height": [f.height for f in facts],
-            "format": [f.format for f in facts],
-            "mode": [f.mode for f in facts],
+            **{column: [getattr(c, column) for c in checks] for column in FACT_COLUMNS},
             "split": [None] * len(entries),
             "source": [origin] * len(entries),
         }
@@ -497,53 +483,3 @@ def _hub_message(name: str, split: str, reason: str) -> str:
 def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-def _describe_all(
-    paths: list[Path], max_pixels: int, workers: int, progress: Progress | None
-) -> list[_Facts]:
-    """Hash and measure every file on a small thread pool, in input order."""
-    results: list[_Facts] = [_Facts()] * len(paths)
-    if progress is not None:
-        progress(0, len(paths))
-    with ThreadPoolExecutor(max_workers=max(2, min(workers, 4))) as pool:
-        futures = {pool.submit(_describe, p, max_pixels): i for i, p in enumerate(paths)}
-        for done, future in enumerate(as_completed(futures), start=1):
-            results[futures[future]] = future.result()
-            if progress is not None:
-                progress(done, len(paths))
-    return results
-
-
-def _describe(path: Path, max_pixels: int) -> _Facts:
-    """sha256 for a readable file; size, format, mode and phash for a decodable image."""
-    try:
-        digest = file_sha256(path)
-    except OSError as exc:
-        logger.debug("cannot read %s: %s", path, exc)
-        return _Facts()
-    try:
-        image = load_image(path, min_side=1, max_pixels=max_pixels)
-        return _Facts(
-            sha256=digest,
-            phash=perceptual_hash(image),
-            width=image.width,
-            height=image.height,
-            format=image.format or _header_format(path),
-            mode=image.mode,
-        )
-    except (ImageLoadError, ValueError, OSError) as exc:
-        logger.debug("cannot decode %s: %s", path, exc)
-        return _Facts(sha256=digest)
-
-
-def _header_format(path: Path) -> str | None:
-    """The format name for an image whose EXIF rotation dropped ``Image.format``."""
-    try:
-        with Image.open(path) as header:
-            return header.format
-    except Exception:  # already decoded once; any failure here just leaves it null
-        return None

@@ -75,6 +75,7 @@ REJECTED_COLUMNS = ["path", "reason", "detail", "label"]
 DEFAULT_MIN_SIDE = 32
 DEFAULT_MAX_PIXELS = 64_000_000
 WORKERS = 2
+FACT_COLUMNS = ("sha256", "phash", "width", "height", "format", "mode")
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each file."""
@@ -161,6 +162,30 @@ def check_file(
     )
 
 
+def check_files(
+    paths: list[Any],
+    *,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = WORKERS,
+    progress: ProgressCallback | None = None,
+) -> list[FileCheck]:
+    """:func:`check_file` for every path on a small thread pool, results in input order."""
+
+    def work(path: Any) -> FileCheck:
+        if path is None or path is pd.NA or not str(path).strip():
+            return FileCheck(reason="missing_file", detail="no path in the manifest")
+        return check_file(str(path), min_side=min_side, max_pixels=max_pixels)
+
+    checks: list[FileCheck] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
+        for check in pool.map(work, paths):
+            checks.append(check)
+            if progress is not None:
+                progress(len(checks), len(paths))
+    return checks
+
+
 def _label_problem(label: object, labelled: bool, classes: set[str] | None) -> tuple[str, str]:
     """``(reason, detail)`` for a bad label, or ``("", "")``."""
     if not labelled:
@@ -190,26 +215,14 @@ def validate(
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     frame = conform(frame)
-    total = len(frame)
-    paths = frame["path"].tolist()
-    checks: list[FileCheck] = [FileCheck()] * total
-
-    def work(position: int) -> tuple[int, FileCheck]:
-        path = paths[position]
-        if path is None or path is pd.NA or not str(path).strip():
-            return position, FileCheck(reason="missing_file", detail="no path in the manifest")
-        return position, check_file(str(path), min_side=min_side, max_pixels=max_pixels)
-
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="validate") as pool:
-        for done, (position, check) in enumerate(pool.map(work, range(total)), start=1):
-            checks[position] = check
-            if progress is not None:
-                progress(done, total)
+    checks = check_files(
+        frame["path"].tolist(), min_side=min_side, max_pixels=max_pixels, progress=progress
+    )
 
     labelled = bool(frame["label"].notna().any())
     known = set(classes) if classes is not None else None
     out = frame.copy()
-    for column in ("sha256", "phash", "width", "height", "format", "mode"):
+    for column in FACT_COLUMNS:
         out[column] = [getattr(check, column) for check in checks]
     reasons: list[str] = []
     details: list[str] = []
