@@ -49,9 +49,23 @@ class PromptSettings(_Section):
 class DataSettings(_Section):
     """Input data and the guards applied to every image."""
 
+    source: str = Field(
+        "../shared/data/har/sample",
+        description="What the pipeline's import stage reads: a folder, a .csv, or hf:NAME[:split].",
+    )
     classes: str = Field("har15", description="Built-in class list name or a text file path.")
-    min_image_side: int = Field(16, ge=1, description="Reject images with a smaller side (px).")
+    min_image_side: int = Field(32, ge=1, description="Reject images with a smaller side (px).")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Reject larger images (pixels).")
+    near_distance: int = Field(
+        4, ge=0, le=63, description="Near duplicates: phashes at most this many bits apart."
+    )
+
+
+class SplitSettings(_Section):
+    """Train/val/test assignment."""
+
+    ratios: str = Field("0.7,0.15,0.15", description="train,val,test fractions.")
+    seed: int = Field(0, description="Random seed of the assignment.")
 
 
 class PredictSettings(_Section):
@@ -77,6 +91,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     prompts: PromptSettings = PromptSettings()
     data: DataSettings = DataSettings()
+    split: SplitSettings = SplitSettings()
     predict: PredictSettings = PredictSettings()
 
     @classmethod

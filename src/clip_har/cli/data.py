@@ -10,14 +10,32 @@ from rich.markup import escape
 from rich.table import Table
 
 from clip_har.cli.common import ProgressBar, console, err_console, settings_from
+from clip_har.cli.data_augment import preview_augment_command
+from clip_har.cli.data_balance import balance_command
 from clip_har.cli.data_split import split_command
 from clip_har.cli.data_validate import validate_command
+from clip_har.cli.data_version import (
+    pull_command,
+    push_command,
+    remote_app,
+    track_command,
+    version_command,
+)
 from clip_har.data.manifest import write_manifest
 from clip_har.data.sources import import_source
 
-app = typer.Typer(help="Import, validate and split datasets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Import, validate, split, balance and version datasets.", no_args_is_help=True
+)
 app.command("validate")(validate_command)
 app.command("split")(split_command)
+app.command("balance")(balance_command)
+app.command("preview-augment")(preview_augment_command)
+app.command("track")(track_command)
+app.add_typer(remote_app, name="remote")
+app.command("push")(push_command)
+app.command("pull")(pull_command)
+app.command("version")(version_command)
 
 
 @app.command("import")

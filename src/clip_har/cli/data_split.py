@@ -8,24 +8,44 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from clip_har.cli.common import console
+from clip_har.cli.common import console, drop_none, settings_from
 
 
 def split_command(
+    ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Folder holding manifest.parquet (validated)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the split into."),
-    ratios: str = typer.Option("0.7,0.15,0.15", "--ratios", help="train,val,test fractions."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the assignment."),
-    near_distance: int = typer.Option(
-        4, "--near-distance", min=0, help="Max perceptual-hash distance of near duplicates."
+    ratios: str | None = typer.Option(
+        None, "--ratios", help="train,val,test fractions [params: split.ratios, 0.7,0.15,0.15]."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Random seed for the assignment [params: split.seed, 0]."
+    ),
+    near_distance: int | None = typer.Option(
+        None,
+        "--near-distance",
+        min=0,
+        max=63,
+        help="Max perceptual-hash distance of near duplicates [params: data.near_distance, 4].",
     ),
 ) -> None:
     """Split a manifest so duplicates never cross splits; report per-class counts."""
     from clip_har.data.manifest import read_manifest, write_manifest
     from clip_har.data.splits import SPLITS, parse_ratios, split_manifest
 
+    settings = settings_from(
+        ctx,
+        {
+            "split": drop_none({"ratios": ratios, "seed": seed}),
+            "data": drop_none({"near_distance": near_distance}),
+        },
+    )
+    seed = settings.split.seed
     result = split_manifest(
-        read_manifest(directory), parse_ratios(ratios), seed=seed, near_distance=near_distance
+        read_manifest(directory),
+        parse_ratios(settings.split.ratios),
+        seed=seed,
+        near_distance=settings.data.near_distance,
     )
     write_manifest(result.manifest, output)
     (output / "split_report.json").write_text(json.dumps(result.report, indent=2) + "\n")

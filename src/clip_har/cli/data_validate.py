@@ -11,17 +11,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clip_har.cli.common import ProgressBar, console, err_console
-from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE
+from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
 from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.data.report import write_report, write_text_atomic
-from clip_har.data.validate import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIDE,
-    REASONS,
-    REJECTED_COLUMNS,
-    validate,
-)
+from clip_har.data.validate import REASONS, REJECTED_COLUMNS, validate
 from clip_har.errors import ClipHarError
 from clip_har.models.prompts import load_class_names, validate_class_names
 
@@ -38,6 +31,7 @@ def _classes(value: str | None) -> list[str] | None:
 
 
 def validate_command(
+    ctx: typer.Context,
     directory: Path = typer.Argument(
         ..., help="Folder holding manifest.parquet (from `clip-har data import`), or the file."
     ),
@@ -48,21 +42,26 @@ def validate_command(
         help="Known labels: a built-in list (har15), a file with one name per line, or a,b,c. "
         "Rows with other labels are rejected as unknown_label.",
     ),
-    min_side: int = typer.Option(
-        DEFAULT_MIN_SIDE, "--min-side", min=1, help="Reject images whose shorter side is smaller."
+    min_side: int | None = typer.Option(
+        None,
+        "--min-side",
+        min=1,
+        help="Reject images whose shorter side is smaller [params: data.min_image_side, 32].",
     ),
-    max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = typer.Option(
+        None,
         "--max-pixels",
         min=1,
-        help="Reject larger images from their header, without decoding (bomb guard).",
+        help="Reject larger images from their header, without decoding (bomb guard) "
+        "[params: data.max_image_pixels, 64000000].",
     ),
-    near_distance: int = typer.Option(
-        DEFAULT_MAX_DISTANCE,
+    near_distance: int | None = typer.Option(
+        None,
         "--near-distance",
         min=0,
         max=63,
-        help="Near duplicates: perceptual hashes at most this many bits apart.",
+        help="Near duplicates: perceptual hashes at most this many bits apart "
+        "[params: data.near_distance, 4].",
     ),
 ) -> None:
     """Fully decode every image; write a clean manifest, rejected.csv and the data report.
@@ -70,6 +69,18 @@ def validate_command(
     Source files are only read. Duplicates are reported, not rejected. Exits 0 even when
     files are rejected: the rejection queue is the result.
     """
+    data = settings_from(
+        ctx,
+        {
+            "data": drop_none(
+                {
+                    "min_image_side": min_side,
+                    "max_image_pixels": max_pixels,
+                    "near_distance": near_distance,
+                }
+            )
+        },
+    ).data
     frame = read_manifest(directory)
     known = _classes(classes)
     if output.exists() and not output.is_dir():
@@ -79,9 +90,9 @@ def validate_command(
         result = validate(
             frame,
             classes=known,
-            min_side=min_side,
-            max_pixels=max_pixels,
-            near_distance=near_distance,
+            min_side=data.min_image_side,
+            max_pixels=data.max_image_pixels,
+            near_distance=data.near_distance,
             progress=bar,
         )
 
@@ -102,7 +113,7 @@ def validate_command(
     table.add_row("exact duplicate groups", str(report["exact_duplicate_groups"]))
     table.add_row("  extra copies", str(report["exact_duplicate_extra_copies"]))
     table.add_row(
-        f"near-duplicate groups (≤{near_distance} bits)", str(report["near_duplicate_groups"])
+        f"near-duplicate groups (≤{data.near_distance} bits)", str(report["near_duplicate_groups"])
     )
     conflicts = len(report["label_conflicts"])
     table.add_row("label conflicts", f"[yellow]{conflicts}[/yellow]" if conflicts else "0")

@@ -1,1 +1,5 @@
 """Data platform: sources, manifest, validation, splits, balance, augmentation, datasets."""
+
+from clip_har.data.versioning import version
+
+__all__ = ["version"]

@@ -3,7 +3,9 @@
 Each row is one source file (never copied or modified). Columns:
 
 =========  =======  ===============================================================
-path       string   absolute path of the source file
+path       string   path of the source file: absolute in memory; on disk relative to the
+                    manifest's folder, so a repository clone (or a ``dvc pull``) that keeps
+                    the layout finds its files wherever it lives
 label      string   class name; null for unlabelled data
 sha256     string   hex digest of the file bytes (null if the file could not be read)
 phash      string   64-bit perceptual hash as 16 hex chars (null if not decodable)
@@ -81,9 +83,28 @@ def read_manifest(location: str | Path) -> pd.DataFrame:
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise ManifestError(f"{path}: not a readable Parquet manifest ({exc})") from None
     try:
-        return conform(frame)
+        frame = conform(frame)
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from None
+    frame["path"] = _anchor_paths(frame["path"], path.parent.absolute())
+    return frame
+
+
+def _anchor_paths(paths: pd.Series, base: Path) -> pd.Series:
+    """Stored (relative) paths -> absolute, normalised paths."""
+    return paths.map(lambda p: os.path.normpath(base / p), na_action="ignore").astype("string")
+
+
+def _relative_paths(paths: pd.Series, base: Path) -> pd.Series:
+    """Absolute paths -> POSIX paths relative to ``base`` (absolute where impossible)."""
+
+    def relative(value: str) -> str:
+        try:
+            return Path(os.path.relpath(value, base)).as_posix()
+        except ValueError:  # another drive on Windows
+            return value
+
+    return paths.map(relative, na_action="ignore").astype("string")
 
 
 def write_manifest(frame: pd.DataFrame, location: str | Path) -> Path:
@@ -93,7 +114,9 @@ def write_manifest(frame: pd.DataFrame, location: str | Path) -> Path:
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     os.close(handle)
     try:
-        conform(frame).to_parquet(staging, index=False)
+        stored = conform(frame)
+        stored["path"] = _relative_paths(stored["path"], path.parent.absolute())
+        stored.to_parquet(staging, index=False)
         umask = os.umask(0)
         os.umask(umask)
         Path(staging).chmod(0o666 & ~umask)  # mkstemp files are owner-only

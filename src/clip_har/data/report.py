@@ -133,7 +133,7 @@ def build_report(
 # --------------------------------------------------------------------------- HTML
 
 
-def _png(figure: Any) -> str:
+def png_base64(figure: Any) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -154,7 +154,7 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         axes.barh(names, [counts[n] for n in names], color="#4c72b0")
         axes.set_xlabel("images")
         axes.set_title("Images per class")
-        plots["classes"] = _png(figure)
+        plots["classes"] = png_base64(figure)
     histograms = [(k, report.get(f"{k}_histogram") or {}) for k in ("width", "height")]
     if any(h.get("counts") for _, h in histograms):
         figure = Figure(figsize=(9, 3))
@@ -167,20 +167,20 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
             axes.set_xlabel(f"{name} (px)")
             axes.set_ylabel("images")
             axes.set_title(f"Image {name}")
-        plots["sizes"] = _png(figure)
+        plots["sizes"] = png_base64(figure)
     return plots
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _table(
+def html_table(
     headers: Sequence[str], rows: Sequence[Sequence[Any]], limit: int = HTML_ROW_LIMIT
 ) -> str:
     if not rows:
         return "<p class='none'>None.</p>"
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join(
         "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows[:limit]
     )
@@ -193,10 +193,10 @@ def _table(
 
 
 def _lines(values: Iterable[Any]) -> str:
-    return "<br>".join(_esc(v) for v in values)
+    return "<br>".join(esc(v) for v in values)
 
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222}
 h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
@@ -229,13 +229,13 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>Data report</title><style>{_CSS}</style></head><body>",
+        f"<title>Data report</title><style>{REPORT_CSS}</style></head><body>",
         "<h1>Data report</h1>",
-        f"<p class='none'>{_esc(report.get('created_at'))} · settings: "
-        f"{_esc(json.dumps(report.get('settings') or {}))}</p>",
+        f"<p class='none'>{esc(report.get('created_at'))} · settings: "
+        f"{esc(json.dumps(report.get('settings') or {}))}</p>",
         "<div class='cards'>",
         *(
-            f"<div class='card {cls}'><b>{_esc('—' if v is None else v)}</b>{_esc(k)}</div>"
+            f"<div class='card {cls}'><b>{esc('—' if v is None else v)}</b>{esc(k)}</div>"
             for k, v, cls in cards
         ),
         "</div>",
@@ -244,10 +244,10 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
     parts.append("<h2>Rejections by reason</h2>")
     by_reason: dict[str, int] = report.get("rejected_by_reason") or {}
     parts.append(
-        _table(
+        html_table(
             ["reason", "meaning", "files"],
             [
-                (_esc(code), _esc(REASONS.get(code, "")), f"<span class='num'>{n}</span>")
+                (esc(code), esc(REASONS.get(code, "")), f"<span class='num'>{n}</span>")
                 for code, n in by_reason.items()
             ],
         )
@@ -255,11 +255,11 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
     if rejected is not None and len(rejected):
         parts.append("<h2>Rejected files</h2>")
         parts.append(
-            _table(
+            html_table(
                 ["path", "reason", "detail", "label"],
                 [
                     tuple(
-                        _esc(_none_if_na(row.get(c))) for c in ("path", "reason", "detail", "label")
+                        esc(_none_if_na(row.get(c))) for c in ("path", "reason", "detail", "label")
                     )
                     for row in rejected.to_dict("records")
                 ],
@@ -273,9 +273,9 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
         parts.append(f"<img alt='images per class' src='data:image/png;base64,{plots['classes']}'>")
     counts: dict[str, int] = report.get("class_counts") or {}
     parts.append(
-        _table(
+        html_table(
             ["class", "images"],
-            [(_esc(k), f"<span class='num'>{v}</span>") for k, v in counts.items()],
+            [(esc(k), f"<span class='num'>{v}</span>") for k, v in counts.items()],
         )
     )
 
@@ -284,16 +284,18 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
         parts.append(f"<img alt='size histograms' src='data:image/png;base64,{plots['sizes']}'>")
     for key in ("modes", "formats"):
         values: dict[str, int] = report.get(key) or {}
-        parts.append(_table([key[:-1], "images"], [(_esc(k), str(v)) for k, v in values.items()]))
+        parts.append(
+            html_table([key[:-1], "images"], [(esc(k), str(v)) for k, v in values.items()])
+        )
 
     parts.append("<h2>Label conflicts</h2>")
     parts.append(
-        _table(
+        html_table(
             ["kind", "labels", "files"],
             [
                 (
-                    _esc(c.get("kind")),
-                    _esc(", ".join(c.get("distinct_labels") or [])),
+                    esc(c.get("kind")),
+                    esc(", ".join(c.get("distinct_labels") or [])),
                     _lines(f"{p}  [{lab}]" for p, lab in zip(c["paths"], c["labels"], strict=True)),
                 )
                 for c in report.get("label_conflicts") or []
@@ -302,11 +304,11 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
     )
     parts.append("<h2>Exact duplicate groups (same bytes)</h2>")
     parts.append(
-        _table(
+        html_table(
             ["sha256", "copies", "files"],
             [
                 (
-                    _esc(str(g.get("sha256"))[:16] + "…"),
+                    esc(str(g.get("sha256"))[:16] + "…"),
                     str(len(g["paths"])),
                     _lines(f"{p}  [{lab}]" for p, lab in zip(g["paths"], g["labels"], strict=True)),
                 )
@@ -316,10 +318,10 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
     )
     parts.append(
         f"<h2>Near-duplicate groups (perceptual hash within "
-        f"{_esc(report.get('near_duplicate_distance'))} bits)</h2>"
+        f"{esc(report.get('near_duplicate_distance'))} bits)</h2>"
     )
     parts.append(
-        _table(
+        html_table(
             ["files", "members"],
             [
                 (

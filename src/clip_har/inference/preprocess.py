@@ -500,12 +500,31 @@ class Preprocessor:
 
     def into(self, image: Image.Image, out: NDArray[np.float32]) -> None:
         """Write normalised ``[3, H, W]`` pixels for ``image`` into ``out`` (no allocation)."""
-        if out.dtype != np.float32 or out.shape != (3, self._out_h, self._out_w):
+        self._check_out(out, (self._out_h, self._out_w))  # before the resize, not after
+        self.normalise(self.resized_uint8(image), out)
+
+    def normalise(
+        self, pixels: NDArray[np.uint8], out: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
+        """uint8 ``[H, W, 3]`` pixels (from :meth:`resized_uint8`, possibly augmented) to
+        normalised float32 ``[3, H, W]``, written into ``out`` when given; returns it."""
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"pixels must be uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}")
+        height, width = pixels.shape[:2]
+        if out is None:
+            out = np.empty((3, height, width), dtype=np.float32)
+        else:
+            self._check_out(out, (height, width))
+        kernels.normalise_into(pixels, self._scale, self._offset, out)
+        return out
+
+    @staticmethod
+    def _check_out(out: NDArray[np.float32], size: tuple[int, int]) -> None:
+        if out.dtype != np.float32 or out.shape != (3, *size):
             raise ValueError(
-                f"out must be float32 of shape (3, {self._out_h}, {self._out_w}), "
+                f"out must be float32 of shape (3, {size[0]}, {size[1]}), "
                 f"got {out.dtype} {out.shape}"
             )
-        kernels.normalise_into(self._resize_crop(to_rgb(image)), self._scale, self._offset, out)
 
     def _target(self, width: int, height: int) -> tuple[int, int]:
         """Resized ``(height, width)``, computed exactly as transformers does."""
