@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,6 +68,35 @@ class SplitSettings(_Section):
     seed: int = Field(0, description="Random seed of the assignment.")
 
 
+class TrainSettings(_Section):
+    """Training: the strategy, the optimiser schedule and run tracking."""
+
+    strategy: str = Field("linear-probe", description="See `clip-har train --help`.")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1, description="Global batch per optimiser step.")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    accumulation: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    patience: int | None = Field(None, ge=1, description="Early stopping; None trains all epochs.")
+    balance: Literal["none", "weights"] = Field(
+        "none", description="'weights': class-weighted loss (inverse frequency)."
+    )
+    select_prompts: bool = Field(False, description="zero-shot: choose templates on val.")
+    blocks: int = Field(2, ge=1, description="partial: trailing vision blocks to train.")
+    lora_rank: int = Field(8, ge=1, description="lora: adapter rank.")
+    augment: Literal["none", "light", "strong"] = Field(
+        "light", description="End-to-end strategies: train-time augmentation policy."
+    )
+    workers: int = Field(0, ge=0, description="End-to-end: image-loading worker processes.")
+    seed: int = 0
+    tracking: str = Field("mlflow", description="Comma-separated: mlflow, wandb, or none.")
+    experiment: str = "clip-har"
+
+
 class PredictSettings(_Section):
     """Batch prediction."""
 
@@ -92,6 +121,7 @@ class Settings(BaseSettings):
     prompts: PromptSettings = PromptSettings()
     data: DataSettings = DataSettings()
     split: SplitSettings = SplitSettings()
+    train: TrainSettings = TrainSettings()
     predict: PredictSettings = PredictSettings()
 
     @classmethod

@@ -8,10 +8,10 @@ from clip_har.models.backbone import Backbone
 from clip_har.models.classifier import (
     HARClassifier,
     TextEmbeddingCache,
-    ZeroShotHead,
     build_zero_shot_classifier,
     zero_shot_weights,
 )
+from clip_har.models.heads import ZeroShotHead
 from clip_har.models.prompts import PromptSet
 
 PROMPTS = PromptSet(templates=("a photo of a person {}.", "someone {}.", "{}"))

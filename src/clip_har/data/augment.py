@@ -117,7 +117,9 @@ class Augmenter:
             )
         if self.policy == "none":
             return pixels
-        image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+        image = (
+            torch.tensor(pixels).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+        )  # a copy: pixels may be read-only
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             augmented: torch.Tensor = self.module(image)

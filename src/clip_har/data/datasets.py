@@ -27,7 +27,7 @@ import functools
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -220,34 +220,43 @@ def _seed_worker(worker_id: int) -> None:
 def make_loader(
     dataset: ManifestDataset,
     *,
-    batch_size: int,
+    batch_size: int | None = None,
     shuffle: bool = False,
     num_workers: int = 0,
     seed: int = 0,
     sampler: Sampler[int] | None = None,
+    batch_sampler: Sampler[list[int]] | None = None,
     drop_last: bool = False,
 ) -> DataLoader[Sample | Skipped]:
     """A DataLoader of :class:`Batch` objects: seeded, persistent workers, pinned memory on CUDA.
 
-    ``shuffle`` draws each epoch's order from ``(seed, dataset.epoch)``. Pass ``sampler``
-    instead for distributed training (e.g. ``DistributedSampler``; call its ``set_epoch``
-    too); ``shuffle`` must then be false.
+    Batches come from ``batch_size`` (with ``shuffle``, which draws each epoch's order
+    from ``(seed, dataset.epoch)``, or a ``sampler`` such as ``DistributedSampler``) or
+    from a ``batch_sampler`` that yields whole batches (e.g. the trainer's distributed
+    ``EpochSampler``).
     """
     if sampler is not None and shuffle:
         raise ValueError("pass either sampler or shuffle=True, not both")
+    if (batch_sampler is None) == (batch_size is None):
+        raise ValueError("pass exactly one of batch_size and batch_sampler")
+    if batch_sampler is not None and (shuffle or sampler is not None or drop_last):
+        raise ValueError("a batch_sampler decides order and batches: no shuffle/sampler/drop_last")
     if sampler is None and shuffle:
         sampler = _EpochShuffle(dataset, seed)
+    batching: dict[str, Any] = (
+        {"batch_sampler": batch_sampler}
+        if batch_sampler is not None
+        else {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
+    )
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
         num_workers=num_workers,
         collate_fn=functools.partial(collate, output_size=dataset.output_size),
         pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
         worker_init_fn=_seed_worker,
         generator=generator,
         persistent_workers=num_workers > 0,
+        **batching,
     )

@@ -5,6 +5,7 @@ Layout::
     manifest.json       schema version, classes, prompts, preprocessing, backbone, head,
                         metrics, lineage, exports
     head.safetensors    the head's tensors
+    encoder.safetensors optional: image-encoder tensors a fine-tune (partial / LoRA) changed
     backbone/           optional copy of the backbone (save_pretrained layout)
     exports/            optional exported engines (onnx, torchscript, tensorrt)
 
@@ -14,6 +15,7 @@ backbone; loading the classifier then checks the backbone's fingerprint.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -32,8 +34,9 @@ from safetensors.torch import load_file, save_file
 from clip_har import __version__
 from clip_har.errors import BundleError
 from clip_har.inference.preprocess import ImageConfig
-from clip_har.models.backbone import Backbone, load_backbone
-from clip_har.models.classifier import HEAD_TYPES, HARClassifier
+from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
+from clip_har.models.classifier import HARClassifier
+from clip_har.models.heads import HEAD_TYPES, Head, HeadShapeError
 from clip_har.models.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
+ENCODER_FILE = "encoder.safetensors"
 BACKBONE_DIR = "backbone"
 
 
@@ -59,8 +63,24 @@ class BackboneInfo(_Strict):
 
 
 class HeadInfo(_Strict):
-    type: Literal["zero_shot"]
+    type: Literal["zero_shot", "linear", "clip_adapter", "tip_adapter"]
     file: str = HEAD_FILE
+    params: dict[str, float] = Field(default_factory=dict)
+
+
+class EncoderInfo(_Strict):
+    method: Literal["partial", "lora"]
+    file: str = ENCODER_FILE
+    tensors: int = Field(gt=0)
+
+
+@dataclass(frozen=True)
+class EncoderDelta:
+    """Image-encoder tensors a fine-tune changed, named as in the backbone model's state
+    dict (LoRA is merged into the weights first, so loading needs no peft)."""
+
+    method: Literal["partial", "lora"]
+    tensors: dict[str, torch.Tensor]
 
 
 class Lineage(_Strict):
@@ -81,6 +101,7 @@ class Manifest(_Strict):
     preprocessing: ImageConfig
     backbone: BackboneInfo
     head: HeadInfo
+    encoder: EncoderInfo | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: Lineage
     exports: dict[str, str] = Field(default_factory=dict)
@@ -111,29 +132,63 @@ class Bundle:
             )
         return backbone
 
-    def load_head_tensors(self) -> dict[str, torch.Tensor]:
+    def load_head(self) -> Head:
+        """The saved head, rebuilt and checked against the class names and embedding size."""
         path = self.directory / self.manifest.head.file
         try:
             tensors: dict[str, torch.Tensor] = load_file(path)
         except (SafetensorError, OSError) as exc:
             raise BundleError(f"{path}: cannot read head weights: {exc}") from None
-        expected = (len(self.class_names), self.manifest.backbone.embed_dim)
-        weights = tensors.get("class_weights")
-        if weights is None or tuple(weights.shape) != expected or "logit_scale" not in tensors:
-            shape = None if weights is None else tuple(weights.shape)
+        info = self.manifest.head
+        try:
+            head = HEAD_TYPES[info.type].from_tensors(tensors, info.params)
+        except (HeadShapeError, RuntimeError) as exc:
+            raise BundleError(f"{path}: {exc}") from None
+        probe = torch.zeros(1, self.manifest.backbone.embed_dim)
+        try:
+            with torch.no_grad():
+                classes = head(probe).shape[-1]
+        except RuntimeError as exc:
             raise BundleError(
-                f"{path}: expected 'class_weights' of shape {expected} and 'logit_scale', "
-                f"found {sorted(tensors)} (class_weights shape {shape})"
+                f"{path}: head does not take {self.manifest.backbone.embed_dim}-d embeddings: {exc}"
+            ) from None
+        if classes != len(self.class_names):
+            raise BundleError(
+                f"{path}: head has {classes} classes but the manifest names {len(self.class_names)}"
             )
-        return tensors
+        return head
+
+    def load_image_encoder(self, backbone: Backbone) -> ImageEncoder:
+        """The backbone's image encoder, with the bundle's fine-tuned tensors applied to a
+        copy (``backbone`` itself is never changed)."""
+        info = self.manifest.encoder
+        if info is None:
+            return backbone.image_encoder
+        path = self.directory / info.file
+        try:
+            tensors: dict[str, torch.Tensor] = load_file(path)
+        except (SafetensorError, OSError) as exc:
+            raise BundleError(f"{path}: cannot read encoder weights: {exc}") from None
+        model = copy.deepcopy(backbone.model)
+        expected = model.state_dict()
+        wrong = [
+            name
+            for name, tensor in tensors.items()
+            if name not in expected or expected[name].shape != tensor.shape
+        ]
+        if wrong or len(tensors) != info.tensors:
+            raise BundleError(
+                f"{path}: {len(tensors)} tensors (manifest says {info.tensors}); not in this "
+                f"backbone or misshapen: {', '.join(wrong[:5]) or 'none'}"
+            )
+        model.load_state_dict(tensors, strict=False)
+        return ImageEncoder(model.eval())
 
     def load_classifier(self, backbone: Backbone | None = None) -> HARClassifier:
         """Rebuild the exact classifier that was saved."""
         backbone = backbone if backbone is not None else self.load_backbone()
-        tensors = self.load_head_tensors()
-        head_cls = HEAD_TYPES[self.manifest.head.type]
-        head = head_cls(tensors["class_weights"], float(tensors["logit_scale"]))
-        return HARClassifier(backbone.image_encoder, head, self.class_names).eval()
+        encoder = self.load_image_encoder(backbone)
+        return HARClassifier(encoder, self.load_head(), self.class_names).eval()
 
 
 def open_bundle(directory: str | Path) -> Bundle:
@@ -166,6 +221,10 @@ def open_bundle(directory: str | Path) -> Bundle:
     head_path = directory / manifest.head.file
     if not head_path.is_file():
         raise BundleError(f"{head_path}: missing (named by field 'head.file')")
+    if manifest.encoder is not None and not (directory / manifest.encoder.file).is_file():
+        raise BundleError(
+            f"{directory / manifest.encoder.file}: missing (named by field 'encoder.file')"
+        )
     if manifest.backbone.embedded and not (directory / BACKBONE_DIR).is_dir():
         raise BundleError(f"{directory / BACKBONE_DIR}: missing but 'backbone.embedded' is true")
     return Bundle(directory, manifest)
@@ -181,6 +240,7 @@ def save_bundle(
     include_backbone: bool = False,
     metrics: dict[str, float] | None = None,
     lineage: dict[str, Any] | None = None,
+    encoder: EncoderDelta | None = None,
     overwrite: bool = False,
 ) -> Bundle:
     """Write a bundle atomically: a failed save never damages an existing bundle."""
@@ -203,7 +263,10 @@ def save_bundle(
             random_weights=backbone.random_weights,
             embedded=include_backbone,
         ),
-        head=HeadInfo(type=head.head_type),
+        head=HeadInfo(type=head.head_type, params=head.hparams()),
+        encoder=None
+        if encoder is None
+        else EncoderInfo(method=encoder.method, tensors=len(encoder.tensors)),
         metrics=metrics or {},
         lineage=Lineage(
             created_at=datetime.now(timezone.utc),
@@ -217,6 +280,9 @@ def save_bundle(
     try:
         tensors = {name: tensor.contiguous() for name, tensor in head.state_dict().items()}
         save_file(tensors, staging / HEAD_FILE, metadata={"head_type": head.head_type})
+        if encoder is not None:
+            encoder_tensors = {k: v.detach().contiguous() for k, v in encoder.tensors.items()}
+            save_file(encoder_tensors, staging / ENCODER_FILE, metadata={"method": encoder.method})
         if include_backbone:
             shutil.copytree(backbone.source_dir, staging / BACKBONE_DIR)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")

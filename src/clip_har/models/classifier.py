@@ -14,39 +14,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from clip_har.models.heads import Head, ZeroShotHead
 from clip_har.models.prompts import PromptSet, validate_class_names
 
 if TYPE_CHECKING:
     from clip_har.models.backbone import Backbone
 
 
-class ZeroShotHead(nn.Module):
-    """``logits = scale * cos(image, class)`` against fixed class embeddings ``[C, D]``."""
-
-    head_type = "zero_shot"
-    class_weights: torch.Tensor
-    logit_scale: torch.Tensor
-
-    def __init__(self, class_weights: torch.Tensor, logit_scale: float) -> None:
-        super().__init__()
-        self.register_buffer("class_weights", class_weights.detach().clone().float())
-        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
-
-    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * image_embeddings @ self.class_weights.T
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.class_weights.shape[0])
-
-
-HEAD_TYPES: dict[str, type[ZeroShotHead]] = {ZeroShotHead.head_type: ZeroShotHead}
-
-
 class HARClassifier(nn.Module):
     """Image encoder + head. ``forward`` returns logits ``[N, C]``."""
 
-    def __init__(self, image_encoder: nn.Module, head: ZeroShotHead, class_names: Sequence[str]):
+    def __init__(self, image_encoder: nn.Module, head: Head, class_names: Sequence[str]):
         super().__init__()
         if head.num_classes != len(class_names):
             raise ValueError(f"head has {head.num_classes} classes but {len(class_names)} names")

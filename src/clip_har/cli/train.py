@@ -1,0 +1,146 @@
+"""``clip-har train``: fit a strategy on a split manifest and write a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.cli.train_embed import embed_command
+from clip_har.errors import ClipHarError
+from clip_har.training.strategies import FEATURE_STRATEGIES
+
+STRATEGIES = (*FEATURE_STRATEGIES, "lora", "partial")
+
+app = typer.Typer(
+    help="Train heads on cached embeddings (or `train embed` to fill the cache).",
+    invoke_without_command=True,
+)
+app.command("embed")(embed_command)
+
+
+@app.callback()
+def train(
+    ctx: typer.Context,
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Split manifest folder (from `clip-har data split`)."
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Bundle directory to write."),
+    strategy: str | None = typer.Option(
+        None, "--strategy", "-s", help=f"One of: {', '.join(STRATEGIES)}."
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="Hub id, folder or preset."),
+    prompts: str | None = typer.Option(None, "--prompts", help="Prompt set name or YAML file."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    lr: float | None = typer.Option(None, "--lr", min=0.0),
+    seed: int | None = typer.Option(None, "--seed"),
+    precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (CUDA)."),
+    balance: str | None = typer.Option(None, "--balance", help="none or weights."),
+    select_prompts: bool | None = typer.Option(
+        None, "--select-prompts/--all-prompts", help="zero-shot: choose templates on val."
+    ),
+    blocks: int | None = typer.Option(None, "--blocks", min=1, help="partial: blocks to train."),
+    lora_rank: int | None = typer.Option(None, "--lora-rank", min=1, help="lora: adapter rank."),
+    augment: str | None = typer.Option(
+        None, "--augment", help="End-to-end: none, light or strong augmentation."
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Image-loading processes."),
+    distributed: str = typer.Option(
+        "none",
+        "--distributed",
+        help="none, ddp or fsdp; run under `torchrun --nproc_per_node N -m clip_har.cli train`.",
+    ),
+    checkpoint_dir: Path | None = typer.Option(
+        None, "--checkpoint-dir", help="Save a checkpoint every epoch here (gradient strategies)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint-dir."),
+    tracking: str | None = typer.Option(
+        None, "--tracking", help="Comma-separated: mlflow, wandb, none."
+    ),
+    strict_tracking: bool = typer.Option(
+        False, "--strict-tracking", help="Fail when a tracking backend fails (default: warn)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+) -> None:
+    """Train --strategy on --data and write the bundle to --output (values default to
+    params.yaml's `train` section)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None or output is None:
+        raise ClipHarError("clip-har train needs --data DIR and --output BUNDLE (or `train embed`)")
+    settings = settings_from(
+        ctx,
+        {
+            "model": drop_none({"spec": model}),
+            "prompts": drop_none({"set": prompts}),
+            "train": drop_none(
+                {
+                    "strategy": strategy,
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "lr": lr,
+                    "seed": seed,
+                    "precision": precision,
+                    "balance": balance,
+                    "select_prompts": select_prompts,
+                    "blocks": blocks,
+                    "lora_rank": lora_rank,
+                    "augment": augment,
+                    "workers": workers,
+                    "tracking": tracking,
+                }
+            ),
+        },
+    )
+    if settings.train.strategy not in STRATEGIES:
+        raise ClipHarError(
+            f"unknown strategy {settings.train.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
+    if distributed not in ("none", "ddp", "fsdp"):
+        raise ClipHarError(f"--distributed must be none, ddp or fsdp, not {distributed!r}")
+    if resume and checkpoint_dir is None:
+        raise ClipHarError("--resume needs --checkpoint-dir")
+    # torch, sklearn and peft load only when training
+    from clip_har.training.distributed import cleanup, init_distributed, local_context
+    from clip_har.training.run import run_training
+
+    dist = local_context() if distributed == "none" else init_distributed()
+    try:
+        with ProgressBar("embedding") as bar:
+            outcome = run_training(
+                settings,
+                data,
+                output,
+                strict_tracking=strict_tracking,
+                overwrite=force,
+                progress=bar if dist.is_main else None,
+                dist=dist,
+                parallel="none" if distributed == "none" else distributed,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+            )
+    finally:
+        if distributed != "none":
+            cleanup()
+    if outcome.bundle is None:  # not rank 0
+        return
+    table = Table(title=escape(f"{settings.train.strategy} on {settings.model.spec}"))
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("zero-shot val accuracy", f"{outcome.zero_shot_accuracy:.4f}")
+    table.add_row("trained val accuracy", f"[bold]{outcome.result.val_accuracy:.4f}[/bold]")
+    for key, value in outcome.result.chosen.items():
+        table.add_row(f"chosen {escape(key)}", f"{value:g}")
+    stats = outcome.embedding
+    table.add_row("images encoded / reused", f"{stats.encoded} / {stats.reused}")
+    if stats.skipped:
+        table.add_row("[yellow]unreadable, skipped[/yellow]", str(stats.skipped))
+    console.print(table)
+    err_console.print(
+        f"wrote bundle {escape(str(outcome.bundle.directory))}"
+        + (f" (run {escape(outcome.run_id)})" if outcome.run_id else "")
+    )

@@ -1,0 +1,25 @@
+"""Experiment tracking: the ``Tracker`` protocol; MLflow, W&B and fan-out; lineage.
+
+MLflow and W&B are imported only when a run starts, so importing this package is cheap.
+"""
+
+from clip_har.tracking.base import NullTracker, Tracker, TrackingError, flatten
+from clip_har.tracking.fanout import BACKENDS, FanOutTracker, create_tracker
+from clip_har.tracking.lineage import run_params, run_tags, system_info
+from clip_har.tracking.mlflow_backend import MLflowTracker
+from clip_har.tracking.wandb_backend import WandbTracker
+
+__all__ = [
+    "BACKENDS",
+    "FanOutTracker",
+    "MLflowTracker",
+    "NullTracker",
+    "Tracker",
+    "TrackingError",
+    "WandbTracker",
+    "create_tracker",
+    "flatten",
+    "run_params",
+    "run_tags",
+    "system_info",
+]

@@ -1,0 +1,1 @@
+"""Training: the embedding cache, the trainer loop, head strategies and distributed runs."""

@@ -1,0 +1,170 @@
+"""End-to-end strategies: the image encoder itself learns, on augmented photos.
+
+``partial`` unfreezes the last ``blocks`` vision transformer blocks (plus the final norm
+and projection); ``lora`` adds peft LoRA adapters to the vision attention projections.
+Both train a zero-shot-initialised linear head with the encoder, through the shared
+:class:`~clip_har.training.trainer.Trainer` (so DDP/FSDP, AMP, checkpoints and resume all
+apply), and return the encoder tensors that changed (LoRA merged into the weights), which
+the bundle stores as ``encoder.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from torch import nn
+
+from clip_har.data.augment import Augmenter
+from clip_har.data.datasets import ManifestDataset, make_loader
+from clip_har.errors import ClipHarError
+from clip_har.inference.preprocess import Preprocessor
+from clip_har.models.backbone import Backbone, ImageEncoder
+from clip_har.models.bundle import EncoderDelta
+from clip_har.models.classifier import HARClassifier
+from clip_har.models.heads import LinearHead
+from clip_har.training.distributed import DistContext, EpochSampler, local_context
+from clip_har.training.trainer import FitResult, Trainer
+
+logger = logging.getLogger(__name__)
+
+E2E_STRATEGIES = ("lora", "partial")
+Method = Literal["partial", "lora"]
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """What to unfreeze or adapt, and how the photos are fed."""
+
+    blocks: int = 2  # partial: trailing vision blocks to train
+    lora_rank: int = 8
+    augment: str = "light"
+    workers: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    classifier: HARClassifier
+    encoder: EncoderDelta
+    val_accuracy: float
+    fit: FitResult
+
+
+def _vision_blocks(model: Any) -> nn.ModuleList:
+    try:
+        layers: nn.ModuleList = model.vision_model.encoder.layers
+    except AttributeError:
+        raise ClipHarError(
+            "end-to-end strategies need a CLIP-style model (vision_model.encoder.layers)"
+        ) from None
+    return layers
+
+
+def prepare_model(backbone: Backbone, method: Method, options: FinetuneOptions) -> nn.Module:
+    """A copy of the backbone model with only the parts ``method`` trains left trainable."""
+    model = copy.deepcopy(backbone.model)
+    model.requires_grad_(False)
+    if method == "partial":
+        blocks = _vision_blocks(model)
+        if not 1 <= options.blocks <= len(blocks):
+            raise ClipHarError(f"--blocks must be 1..{len(blocks)} for this model")
+        trainable = [*blocks[-options.blocks :], model.vision_model.post_layernorm]
+        trainable.append(model.visual_projection)
+        for module in trainable:
+            module.requires_grad_(True)
+        return model  # type: ignore[no-any-return]
+    from peft import LoraConfig, inject_adapter_in_model
+
+    _vision_blocks(model)
+    config = LoraConfig(
+        r=options.lora_rank,
+        lora_alpha=2 * options.lora_rank,
+        lora_dropout=0.0,
+        target_modules=r".*vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
+    )
+    return inject_adapter_in_model(config, model)  # type: ignore[no-any-return]
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRA adapter into its base weight and put the plain layer back."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+    return model
+
+
+def changed_tensors(base: nn.Module, tuned: nn.Module) -> dict[str, torch.Tensor]:
+    """Tensors of ``tuned``'s state dict that differ from ``base``'s (same names)."""
+    before = base.state_dict()
+    return {
+        name: tensor.detach().cpu().clone()
+        for name, tensor in tuned.state_dict().items()
+        if name in before and not torch.equal(before[name], tensor.detach().cpu())
+    }
+
+
+@torch.no_grad()
+def image_accuracy(model: nn.Module, dataset: ManifestDataset, batch_size: int) -> float:
+    """Top-1 accuracy of an image classifier over a dataset (skipped files do not count)."""
+    correct = total = 0
+    device = next(model.parameters()).device
+    for batch in make_loader(dataset, batch_size=batch_size):
+        if len(batch.labels):
+            predicted = model(batch.pixels.to(device)).argmax(dim=-1).cpu()
+            correct += int((predicted == batch.labels).sum())
+            total += len(batch.labels)
+    return correct / total if total else float("nan")
+
+
+def finetune(
+    method: Method,
+    backbone: Backbone,
+    rows: dict[str, pd.DataFrame],
+    class_names: list[str],
+    zero_shot_weights: torch.Tensor,
+    trainer: Trainer,
+    options: FinetuneOptions,
+    *,
+    dist: DistContext | None = None,
+) -> FinetuneResult:
+    """Train ``method`` on ``rows["train"]``, pick the best epoch on ``rows["val"]``."""
+    dist = dist or local_context()
+    config = trainer.config
+    preprocessor = Preprocessor(backbone.image_config)
+    augment = Augmenter(options.augment, preprocessor.output_size, seed=config.seed)
+    train_set = ManifestDataset(rows["train"], preprocessor, class_names, augment=augment)
+    val_set = ManifestDataset(rows["val"], preprocessor, class_names)
+    sampler = EpochSampler(
+        len(train_set),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    loader = make_loader(train_set, batch_sampler=sampler, num_workers=options.workers)
+
+    model = prepare_model(backbone, method, options)
+    head = LinearHead.from_zero_shot(zero_shot_weights, backbone.logit_scale)
+    classifier = HARClassifier(ImageEncoder(model), head, class_names)
+    trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    logger.info("%s: training %d parameters end to end", method, trainable)
+    fit = trainer.fit(
+        classifier,
+        loader,
+        lambda m: {"val_accuracy": image_accuracy(m, val_set, config.batch_size)},
+    )
+    classifier.eval()
+    if method == "lora":
+        merge_lora(model)
+    tensors = changed_tensors(backbone.model, model)
+    if not tensors:
+        raise ClipHarError(f"{method} training left the image encoder unchanged (lr 0?)")
+    return FinetuneResult(classifier, EncoderDelta(method, tensors), fit.best_metric, fit)

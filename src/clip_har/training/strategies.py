@@ -1,0 +1,248 @@
+"""Tuning strategies on cached image embeddings: each turns features into a head.
+
+All of them read L2-normalised embeddings (``training/features.py``), so no image goes
+through the encoder again. Hyper-parameters that the papers tune on held-out data
+(logistic-regression ``C``, WiSE-FT's mixing weight, Tip-Adapter's ``alpha``/``beta``,
+prompt templates) are chosen on the validation split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from clip_har.models.classifier import TextEmbeddingCache, zero_shot_weights
+from clip_har.models.heads import AdapterHead, Head, LinearHead, TipAdapterHead, ZeroShotHead
+from clip_har.models.prompts import PromptSet
+from clip_har.training.trainer import FitResult, TrainConfig, Trainer, feature_loader
+
+logger = logging.getLogger(__name__)
+
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+WISE_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+TIP_ALPHAS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+TIP_BETAS = (1.0, 3.0, 5.5, 8.0, 12.0)
+
+
+@dataclass(frozen=True)
+class FeatureData:
+    """Everything a feature-based strategy needs: the split embeddings and the text side."""
+
+    train_x: torch.Tensor  # float32 [N, D], L2-normalised
+    train_y: torch.Tensor  # int64 [N]
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    class_names: list[str]
+    prompts: PromptSet
+    text_cache: TextEmbeddingCache
+    logit_scale: float
+
+    def zero_shot_weights(self, prompts: PromptSet | None = None) -> torch.Tensor:
+        """``[C, D]`` class embeddings from ``prompts`` (default: the configured set)."""
+        return zero_shot_weights(self.class_names, prompts or self.prompts, self.text_cache)
+
+
+@dataclass
+class StrategyResult:
+    """A fitted head, the prompts it was built with and what was chosen on val."""
+
+    head: Head
+    prompts: PromptSet
+    val_accuracy: float
+    chosen: dict[str, float] = field(default_factory=dict)
+    fit: FitResult | None = None
+
+
+@torch.no_grad()
+def accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``head`` on embeddings ``x`` with labels ``y``."""
+    if len(y) == 0:
+        return float("nan")
+    was_training = head.training
+    head.eval()
+    device = next(itertools.chain(head.parameters(), head.buffers())).device
+    predicted = head(x.to(device)).argmax(dim=-1).cpu()
+    correct = (predicted == y).float().mean().item()
+    head.train(was_training)
+    return float(correct)
+
+
+def zero_shot(data: FeatureData, *, select_prompts: bool = False) -> StrategyResult:
+    """No training: class embeddings from the prompts (optionally a template subset
+    chosen by greedy forward selection on val)."""
+    prompts = _select_templates(data) if select_prompts else data.prompts
+    head = ZeroShotHead(data.zero_shot_weights(prompts), data.logit_scale)
+    return StrategyResult(head, prompts, accuracy(head, data.val_x, data.val_y))
+
+
+def _select_templates(data: FeatureData) -> PromptSet:
+    """Greedily add the template that most improves val accuracy; stop when none does."""
+    templates = data.prompts.templates
+    per_template = [
+        data.zero_shot_weights(data.prompts.model_copy(update={"templates": (t,)}))
+        for t in templates
+    ]
+    chosen: list[int] = []
+    best = -1.0
+    while len(chosen) < len(templates):
+        scores = {}
+        for candidate in (i for i in range(len(templates)) if i not in chosen):
+            mean = torch.stack([per_template[i] for i in [*chosen, candidate]]).mean(dim=0)
+            head = ZeroShotHead(nn.functional.normalize(mean, dim=-1), data.logit_scale)
+            scores[candidate] = accuracy(head, data.val_x, data.val_y)
+        candidate, score = max(scores.items(), key=lambda item: (item[1], -item[0]))
+        if score <= best:
+            break
+        chosen.append(candidate)
+        best = score
+    selected = tuple(templates[i] for i in sorted(chosen))
+    logger.info(
+        "selected %d of %d templates (val accuracy %.4f)", len(selected), len(templates), best
+    )
+    return data.prompts.model_copy(update={"templates": selected})
+
+
+def linear_probe(data: FeatureData, *, seed: int = 0) -> StrategyResult:
+    """Multinomial logistic regression (L-BFGS) on the features; ``C`` swept on val."""
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, train_y = data.train_x.numpy(), data.train_y.numpy()
+    best: tuple[float, float, LinearHead] | None = None
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=1000, random_state=seed)
+        model.fit(train_x, train_y)
+        head = _head_from_sklearn(
+            model.coef_, model.intercept_, model.classes_, len(data.class_names)
+        )
+        score = accuracy(head, data.val_x, data.val_y)
+        logger.info("linear probe C=%g: val accuracy %.4f", c, score)
+        if best is None or score > best[0]:
+            best = (score, c, head)
+    assert best is not None
+    score, c, head = best
+    return StrategyResult(head, data.prompts, score, chosen={"C": c})
+
+
+def _head_from_sklearn(
+    coef: np.ndarray, intercept: np.ndarray, present: np.ndarray, classes: int
+) -> LinearHead:
+    """A head over all ``classes``; classes absent from training get a very low bias."""
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row for the positive class
+        coef = np.concatenate([-coef, coef]) / 2
+        intercept = np.concatenate([-intercept, intercept]) / 2
+    weight = torch.zeros(classes, coef.shape[1])
+    bias = torch.full((classes,), -1e4)
+    index = torch.as_tensor(present, dtype=torch.long)
+    weight[index] = torch.as_tensor(coef, dtype=torch.float32)
+    bias[index] = torch.as_tensor(intercept, dtype=torch.float32)
+    return LinearHead(weight, bias)
+
+
+def _train(head: Head, data: FeatureData, trainer: Trainer, config: TrainConfig) -> FitResult:
+    """Fit ``head`` on the train features with the shared trainer; keeps the best val epoch."""
+    loader = feature_loader(
+        data.train_x, data.train_y, batch_size=config.batch_size, seed=config.seed
+    )
+    result = trainer.fit(
+        head, loader, lambda model: {"val_accuracy": accuracy(model, data.val_x, data.val_y)}
+    )
+    head.load_state_dict(result.best_state)
+    return result
+
+
+def zs_init_linear(data: FeatureData, trainer: Trainer, config: TrainConfig) -> StrategyResult:
+    """A linear head initialised from zero-shot, trained, then WiSE-FT: the weights are
+    interpolated with the zero-shot ones and the mixing weight picked on val."""
+    start = LinearHead.from_zero_shot(data.zero_shot_weights(), data.logit_scale)
+    tuned = LinearHead.from_zero_shot(data.zero_shot_weights(), data.logit_scale)
+    fit = _train(tuned, data, trainer, config)
+    best: tuple[float, float, LinearHead] | None = None
+    for alpha in WISE_GRID:
+        mixed = LinearHead(
+            (1 - alpha) * start.weight + alpha * tuned.weight,
+            (1 - alpha) * start.bias + alpha * tuned.bias,
+        )
+        score = accuracy(mixed, data.val_x, data.val_y)
+        if best is None or score > best[0]:
+            best = (score, alpha, mixed)
+    assert best is not None
+    score, alpha, head = best
+    logger.info("WiSE-FT: mixing weight %.2f, val accuracy %.4f", alpha, score)
+    return StrategyResult(head, data.prompts, score, chosen={"wise_alpha": alpha}, fit=fit)
+
+
+def clip_adapter(
+    data: FeatureData, trainer: Trainer, config: TrainConfig, *, ratio: float = 0.2
+) -> StrategyResult:
+    """CLIP-Adapter: a residual bottleneck MLP trained on the features."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the adapter's initial weights are part of the run
+        head = AdapterHead(data.zero_shot_weights(), data.logit_scale, ratio=ratio)
+    fit = _train(head, data, trainer, config)
+    return StrategyResult(head, data.prompts, accuracy(head, data.val_x, data.val_y), fit=fit)
+
+
+def tip_adapter(
+    data: FeatureData,
+    trainer: Trainer | None = None,
+    config: TrainConfig | None = None,
+) -> StrategyResult:
+    """Tip-Adapter: a cache model over the train features, ``alpha``/``beta`` searched on
+    val. With a trainer (Tip-Adapter-F) the cache keys are fine-tuned first."""
+    values = nn.functional.one_hot(data.train_y, len(data.class_names)).float()
+    head = TipAdapterHead(data.zero_shot_weights(), data.logit_scale, data.train_x, values)
+    fit = None
+    if trainer is not None and config is not None:
+        fit = _train(head, data, trainer, config)
+    alpha, beta, score = _search_alpha_beta(head, data)
+    head.alpha, head.beta = alpha, beta
+    return StrategyResult(head, data.prompts, score, chosen={"alpha": alpha, "beta": beta}, fit=fit)
+
+
+def _search_alpha_beta(head: TipAdapterHead, data: FeatureData) -> tuple[float, float, float]:
+    best = (head.alpha, head.beta, -1.0)
+    for alpha, beta in itertools.product(TIP_ALPHAS, TIP_BETAS):
+        head.alpha, head.beta = alpha, beta
+        score = accuracy(head, data.val_x, data.val_y)
+        if score > best[2]:
+            best = (alpha, beta, score)
+    return best
+
+
+FEATURE_STRATEGIES = (
+    "zero-shot",
+    "linear-probe",
+    "zs-init-linear",
+    "clip-adapter",
+    "tip-adapter",
+    "tip-adapter-f",
+)
+
+
+def fit_strategy(
+    name: str,
+    data: FeatureData,
+    trainer: Trainer,
+    config: TrainConfig,
+    *,
+    select_prompts: bool = False,
+) -> StrategyResult:
+    """Run the feature-based strategy ``name`` (one of :data:`FEATURE_STRATEGIES`)."""
+    if name == "zero-shot":
+        return zero_shot(data, select_prompts=select_prompts)
+    if name == "linear-probe":
+        return linear_probe(data, seed=config.seed)
+    if name == "zs-init-linear":
+        return zs_init_linear(data, trainer, config)
+    if name == "clip-adapter":
+        return clip_adapter(data, trainer, config)
+    if name == "tip-adapter":
+        return tip_adapter(data)
+    if name == "tip-adapter-f":
+        return tip_adapter(data, trainer, config)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(FEATURE_STRATEGIES)}")

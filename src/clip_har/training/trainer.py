@@ -1,0 +1,784 @@
+"""The training loop every gradient-based strategy uses, in one process or under ``torchrun``.
+
+``Trainer(config).fit(model, train_loader, validate)`` trains ``model`` (inputs -> logits)
+with cross-entropy (label smoothing, optional class weights) and returns the best epoch's
+weights by a validation metric (higher is better)::
+
+    loader = feature_loader(x, y, batch_size=config.batch_size, seed=config.seed, dist=ctx)
+    result = Trainer(config, dist=ctx, checkpoint_dir=run_dir).fit(
+        head, loader, lambda m: {"val_accuracy": accuracy(m, val_x, val_y)}, resume=True
+    )
+
+- **Optimisation**: AdamW; norms, biases, every 1-D parameter, position/class embeddings
+  and the logit scale get no weight decay. The learning rate warms up linearly for
+  ``warmup_ratio`` of the optimizer steps, then follows a cosine to zero; it moves once
+  per optimizer step. Gradients are accumulated over ``accumulation`` batches (the last
+  group of an epoch may be shorter) and clipped to ``grad_clip`` (global L2 norm).
+- **Loss scale**: each optimizer step follows the mean loss over every example of the
+  step on every rank (class-weighted like ``CrossEntropyLoss(reduction="mean")``), so a
+  run on ``N`` processes follows the same trajectory as one process with the same global
+  batch. A balanced sampler is the caller's choice of ``train`` loader.
+- **Precision**: ``fp32``; ``bf16`` autocast (CPU and GPU); ``fp16`` autocast with a
+  gradient scaler (CUDA only).
+- **Validation**: ``validate(module)`` runs after every epoch on every rank, on the
+  unwrapped module in eval mode under ``no_grad``; rank 0's metrics are broadcast so every
+  rank takes the same early-stopping decision. Under FSDP every rank must make the same
+  forward calls (e.g. each evaluates the whole validation set). ``on_epoch`` (tracking)
+  runs on rank 0 only.
+- **Checkpoints** (``checkpoint_dir/checkpoint.pt``, written by rank 0 to a temporary
+  file and renamed, after every epoch): the consolidated model and optimizer state (keyed
+  by parameter name, so they load under any parallel mode or world size), scheduler,
+  gradient scaler, every rank's RNG states (torch, CUDA, numpy, python, the loader's and
+  sampler's generators), the next epoch (what ``set_epoch`` receives), global step, best
+  metric/epoch/state, epochs without improvement, history, and the config.
+- **Resume** (``fit(..., resume=True)``): rank 0 reads the checkpoint and broadcasts it;
+  training continues at the next epoch with every state restored, so an interrupted run
+  ends with the same weights as an uninterrupted one. A finished or early-stopped run
+  returns at once; a missing checkpoint starts from scratch.
+
+Before each epoch the trainer calls ``set_epoch(epoch)`` on the loader's sampler, batch
+sampler and dataset when they have one. On return the model holds the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset
+
+from clip_har.errors import ClipHarError
+from clip_har.training.distributed import (
+    BlockSpec,
+    DistContext,
+    EpochSampler,
+    ParallelMode,
+    all_reduce_sum,
+    broadcast_object,
+    full_state_dict,
+    gather_objects,
+    gradient_sync,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    local_context,
+    optimizer_state_dict,
+    unwrap,
+    wrap_model,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "FitResult",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "WarmupCosine",
+    "feature_loader",
+    "parameter_groups",
+    "seed_everything",
+]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+_NO_DECAY_NAMES = (
+    "position_embedding",
+    "positional_embedding",
+    "pos_embed",
+    "class_embedding",
+    "cls_token",
+    "logit_scale",
+    "logit_bias",
+)
+_HEAVY_KEYS = ("model", "optimizer", "best_state")  # read by rank 0 only, never broadcast
+
+
+class TrainingError(ClipHarError):
+    """Training cannot start or continue with these settings, data or checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run. ``batch_size`` is the global batch per forward step
+    (each of ``N`` ranks loads about ``batch_size / N``); ``parallel`` ``auto`` is DDP under
+    ``torchrun`` with several processes and ``none`` otherwise."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    accumulation: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    label_smoothing: float = 0.0
+    patience: int | None = None
+    seed: int = 0
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+
+    def __post_init__(self) -> None:
+        problems = [
+            message
+            for failed, message in (
+                (self.epochs < 1, f"epochs must be >= 1 (got {self.epochs})"),
+                (self.batch_size < 1, f"batch_size must be >= 1 (got {self.batch_size})"),
+                (not self.lr > 0, f"lr must be > 0 (got {self.lr})"),
+                (self.weight_decay < 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
+                (
+                    not 0 <= self.warmup_ratio < 1,
+                    f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})",
+                ),
+                (
+                    self.grad_clip is not None and not self.grad_clip > 0,
+                    f"grad_clip must be > 0 or None (got {self.grad_clip})",
+                ),
+                (self.accumulation < 1, f"accumulation must be >= 1 (got {self.accumulation})"),
+                (
+                    self.precision not in ("fp32", "bf16", "fp16"),
+                    f"precision must be fp32, bf16 or fp16 (got {self.precision!r})",
+                ),
+                (
+                    not 0 <= self.label_smoothing < 1,
+                    f"label_smoothing must be in [0, 1) (got {self.label_smoothing})",
+                ),
+                (
+                    self.patience is not None and self.patience < 1,
+                    f"patience must be >= 1 or None (got {self.patience})",
+                ),
+                (self.seed < 0, f"seed must be >= 0 (got {self.seed})"),
+                (
+                    self.parallel not in ("auto", "none", "ddp", "fsdp"),
+                    f"parallel must be auto, none, ddp or fsdp (got {self.parallel!r})",
+                ),
+            )
+            if failed
+        ]
+        if problems:
+            raise TrainingError("invalid training settings: " + "; ".join(problems))
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns. In a distributed run ``best_state`` is complete
+    on rank 0 and ``{}`` elsewhere; the rest is the same on every rank (but each rank
+    times its own ``epoch_seconds``)."""
+
+    best_state: dict[str, torch.Tensor]  # consolidated state dict of the best epoch, on CPU
+    best_metric: float
+    best_epoch: int  # index into history (0-based; logs count epochs from 1)
+    history: list[dict[str, float]]  # per epoch: train_loss, lr, epoch_seconds + metrics
+    final_loss: float  # mean train loss of the last epoch over all ranks
+    stopped_early: bool = False
+
+
+class WarmupCosine:
+    """LR multiplier per optimizer step: linear warm-up to 1 over ``warmup_steps``, then
+    a cosine to 0 at ``total_steps``. Plain attributes, so the scheduler state saves it."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        if not 0 <= warmup_steps <= total_steps or total_steps < 1:
+            raise ValueError(
+                f"need 0 <= warmup ({warmup_steps}) <= total ({total_steps}), total >= 1"
+            )
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups over the trainable parameters: decayed weights, then the rest (norms,
+    biases, 1-D tensors, position/class embeddings, logit scale) without decay."""
+    norm_params = {
+        id(p)
+        for module in model.modules()
+        if "norm" in type(module).__name__.lower()
+        for p in module.parameters(recurse=False)
+    }
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = (
+            param.ndim <= 1
+            or name.endswith("bias")
+            or id(param) in norm_params
+            or any(key in name for key in _NO_DECAY_NAMES)
+        )
+        (no_decay if exempt else decay).append(param)
+    if not decay and not no_decay:
+        raise TrainingError("the model has no trainable parameters (all requires_grad=False)")
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _TensorPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """In-memory ``(features, labels)`` that fetches a whole batch with one indexing op."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[index], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(indices, dtype=torch.int64)
+        return self.features[rows], self.labels[rows]
+
+
+def _batch_as_is(batch: Any) -> Any:
+    """The collate step of :class:`_TensorPairs`: its batches come out whole already."""
+    return batch
+
+
+def feature_loader(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    dist: DistContext | None = None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(features[i], labels[i])`` of in-memory tensors through an
+    :class:`EpochSampler`: ``batch_size`` is the global batch, and under ``dist`` each
+    rank gets its contiguous share of every global batch (possibly empty)."""
+    if len(features) != len(labels):
+        raise TrainingError(f"{len(features)} feature rows but {len(labels)} labels")
+    context = dist or local_context()
+    sampler = EpochSampler(
+        len(labels),
+        batch_size=batch_size,
+        seed=seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+    )
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        _TensorPairs(features, labels),
+        batch_sampler=sampler,
+        collate_fn=_batch_as_is,
+        generator=generator,
+        pin_memory=context.device.type == "cuda",
+    )
+
+
+@dataclass
+class _Run:
+    """The mutable progress of a fit; all of it goes into the checkpoint."""
+
+    next_epoch: int = 0
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Parts:
+    """What one fit trains with."""
+
+    model: nn.Module  # wrapped for the parallel mode
+    mode: ParallelMode
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    scaler: torch.amp.GradScaler
+    train: DataLoader[Any]
+    batches: int
+
+
+class Trainer:
+    """Runs :meth:`fit`; see the module docstring for what it does and saves.
+
+    ``blocks`` selects the modules FSDP shards one by one (default: Hugging Face encoder
+    layers). ``on_epoch(epoch, record)`` gets each history record on rank 0. Under
+    ``torchrun`` every rank builds a Trainer with the same arguments (``checkpoint_dir``
+    included: saving is collective even though rank 0 alone writes) and calls ``fit``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        class_weights: torch.Tensor | None = None,
+        checkpoint_dir: Path | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        dist: DistContext | None = None,
+        blocks: BlockSpec | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.config = config
+        self.resume = resume
+        self.dist = dist or local_context()
+        if config.precision == "fp16" and self.dist.device.type != "cuda":
+            raise TrainingError(
+                "precision fp16 needs a CUDA GPU (it relies on a gradient scaler); "
+                f"this process trains on {self.dist.device.type}: use bf16 or fp32"
+            )
+        if class_weights is not None:
+            class_weights = class_weights.detach().to(torch.float32)
+            if class_weights.ndim != 1 or not bool((class_weights > 0).all()):
+                raise TrainingError("class_weights must be a 1-D tensor of positive numbers")
+            class_weights = class_weights.to(self.dist.device)
+        self.class_weights = class_weights
+        self.checkpoint_dir = checkpoint_dir
+        self.on_epoch = on_epoch
+        self.blocks = blocks
+
+    @property
+    def mode(self) -> ParallelMode:
+        """The parallel mode ``config.parallel`` resolves to in this process."""
+        if self.config.parallel == "auto":
+            return "ddp" if self.dist.world_size > 1 else "none"
+        return self.config.parallel
+
+    def _info(self, message: str, *args: object) -> None:
+        if self.dist.is_main:
+            logger.info(message, *args)
+
+    def _warning(self, message: str, *args: object) -> None:
+        if self.dist.is_main:
+            logger.warning(message, *args)
+
+    def fit(
+        self,
+        model: nn.Module,
+        train: DataLoader[Any],
+        validate: Callable[[nn.Module], dict[str, float]],
+        *,
+        metric: str = "val_accuracy",
+        resume: bool | None = None,
+    ) -> FitResult:
+        """Train ``model`` on ``train`` for ``config.epochs`` (or until early stopping).
+
+        ``train`` yields batches whose first two items are inputs and int64 labels
+        (tuples, lists or :class:`~clip_har.data.datasets.Batch`). ``validate`` returns
+        metrics that include ``metric``. ``resume`` defaults to the constructor's. Every
+        rank must call ``fit``.
+        """
+        config = self.config
+        resume = self.resume if resume is None else resume
+        if resume and self.checkpoint_dir is None:
+            raise TrainingError("resume needs a checkpoint_dir to resume from")
+        try:
+            batches = len(train)
+        except TypeError:
+            raise TrainingError(
+                "the train loader must have a length (a map-style dataset)"
+            ) from None
+        if batches < 1:
+            raise TrainingError("the train loader yields no batches")
+        seed_everything(config.seed)
+        wrapped = wrap_model(model, self.mode, self.dist, self.blocks)
+        optimizer = torch.optim.AdamW(parameter_groups(wrapped, config.weight_decay), lr=config.lr)
+        steps = config.epochs * math.ceil(batches / config.accumulation)
+        schedule = WarmupCosine(round(config.warmup_ratio * steps), steps)
+        parts = _Parts(
+            model=wrapped,
+            mode=self.mode,
+            optimizer=optimizer,
+            scheduler=LambdaLR(optimizer, schedule),
+            scaler=torch.amp.GradScaler(self.dist.device.type, enabled=config.precision == "fp16"),
+            train=train,
+            batches=batches,
+        )
+        trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+        self._info(
+            "training %s trainable parameters for %d epoch(s) x %d batch(es), %d optimizer "
+            "step(s), %s, %s on %d process(es)",
+            f"{trainable:,}",
+            config.epochs,
+            batches,
+            steps,
+            config.precision,
+            parts.mode,
+            self.dist.world_size,
+        )
+        run = (self._restore(parts) if resume else None) or _Run()
+        start = config.epochs if run.stopped else run.next_epoch
+        for epoch in range(start, config.epochs):
+            self._epoch(parts, run, epoch, validate, metric)
+            if run.stopped:
+                self._info(
+                    "early stopping after epoch %d: no %s gain in %d epoch(s)",
+                    epoch + 1,
+                    metric,
+                    config.patience,
+                )
+                break
+        if run.best_epoch != len(run.history) - 1:
+            load_full_state_dict(wrapped, run.best_state, parts.mode)
+        self._info("best %s %.4f at epoch %d", metric, run.best_metric, run.best_epoch + 1)
+        return FitResult(
+            best_state=run.best_state,
+            best_metric=run.best_metric,
+            best_epoch=run.best_epoch,
+            history=run.history,
+            final_loss=run.history[-1]["train_loss"],
+            stopped_early=run.stopped,
+        )
+
+    def _epoch(
+        self,
+        parts: _Parts,
+        run: _Run,
+        epoch: int,
+        validate: Callable[[nn.Module], dict[str, float]],
+        metric: str,
+    ) -> None:
+        """Train one epoch, validate, track the best state, checkpoint, report."""
+        _set_epoch(parts.train, epoch)
+        started = time.perf_counter()
+        train_loss, lr = self._train_epoch(parts, run)
+        metrics = self._validate(parts.model, validate)
+        if metric not in metrics:
+            raise TrainingError(
+                f"validate() returned {sorted(metrics)}, without the metric {metric!r}"
+            )
+        record = {
+            "train_loss": train_loss,
+            "lr": lr,
+            **metrics,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        run.history.append(record)
+        value = metrics[metric]
+        improved = (
+            run.best_epoch < 0
+            or value > run.best_metric
+            or (math.isnan(run.best_metric) and not math.isnan(value))
+        )
+        if improved:
+            run.best_metric, run.best_epoch, run.bad_epochs = value, epoch, 0
+            run.best_state = full_state_dict(parts.model, parts.mode)
+        else:
+            run.bad_epochs += 1
+        patience = self.config.patience
+        run.stopped = patience is not None and run.bad_epochs >= patience
+        run.next_epoch = epoch + 1
+        self._info(
+            "epoch %d/%d: train_loss %.4f, %s %.4f (best %.4f at epoch %d), lr %.3g, %.1fs",
+            epoch + 1,
+            self.config.epochs,
+            train_loss,
+            metric,
+            value,
+            run.best_metric,
+            run.best_epoch + 1,
+            lr,
+            record["epoch_seconds"],
+        )
+        if self.checkpoint_dir is not None:
+            self._save(parts, run, improved)
+        if self.on_epoch is not None and self.dist.is_main:
+            self.on_epoch(epoch, dict(record))
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        precision = self.config.precision
+        if precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.dist.device.type, dtype=dtype)
+
+    def _train_epoch(self, parts: _Parts, run: _Run) -> tuple[float, float]:
+        """One pass over ``train``; returns the mean loss over all ranks and the last lr.
+
+        Each micro-batch is normalised by the global (all-rank) weight of its examples, so
+        DDP/FSDP gradient averaging yields the gradient of the global mean loss. A batch
+        empty on every rank is skipped; a rank whose share is empty runs a zero-weighted
+        copy of an earlier example so that the collectives of its peers still match.
+        """
+        config, context, model = self.config, self.dist, parts.model
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        totals = torch.zeros(2, dtype=torch.float64, device=context.device)  # loss, weight
+        filler: tuple[torch.Tensor, torch.Tensor] | None = None
+        pending = False  # gradients accumulated since the last optimizer step
+        lr = parts.scheduler.get_last_lr()[0]
+        seen = 0
+        for index, batch in enumerate(parts.train):
+            inputs, labels = _unpack(batch, context.device)
+            group_size = min(
+                config.accumulation, parts.batches - index + index % config.accumulation
+            )
+            closes_group = index % config.accumulation == group_size - 1
+            weight = (
+                float(self.class_weights[labels].sum())
+                if self.class_weights is not None
+                else float(labels.numel())
+            )
+            local = [float(labels.numel()), weight, float(labels.numel() == 0 and filler is None)]
+            count, total_weight, unfillable = all_reduce_sum(
+                torch.tensor(local, dtype=torch.float64), context
+            ).tolist()
+            # a group that ran a backward must end with a synchronising one (DDP/FSDP)
+            must_sync = context.distributed and closes_group and pending
+            if (count == 0 or unfillable > 0) and not must_sync:
+                if count > 0:
+                    self._warning("skipped a batch of %d example(s): a rank had none", int(count))
+            else:
+                scale = 1.0
+                if labels.numel() == 0:
+                    assert filler is not None  # every rank holds one once its group has run
+                    inputs, labels, scale = filler[0], filler[1], 0.0
+                else:
+                    filler = (inputs[:1], labels[:1])
+                denominator = max(total_weight, 1e-12) * group_size / context.world_size
+                with gradient_sync(model, closes_group):
+                    with self._autocast():
+                        logits = model(inputs)
+                    loss = nn.functional.cross_entropy(
+                        logits.float(),
+                        labels,
+                        weight=self.class_weights,
+                        label_smoothing=config.label_smoothing,
+                        reduction="sum",
+                    )
+                    parts.scaler.scale(loss * (scale / denominator)).backward()
+                totals[0] += loss.detach().double() * scale
+                totals[1] += weight * scale
+                pending = True
+            if closes_group:
+                if pending:
+                    self._step(parts, params)
+                parts.optimizer.zero_grad(set_to_none=True)
+                lr = parts.scheduler.get_last_lr()[0]
+                parts.scheduler.step()
+                run.global_step += 1
+                pending = False
+            seen = index + 1
+        if seen != parts.batches:
+            raise TrainingError(
+                f"the train loader yielded {seen} batch(es) but its length is {parts.batches}"
+            )
+        loss_sum, weight_sum = all_reduce_sum(totals, context).tolist()
+        return (loss_sum / weight_sum if weight_sum > 0 else math.nan), float(lr)
+
+    def _step(self, parts: _Parts, params: list[nn.Parameter]) -> None:
+        """Unscale (fp16), clip, and take an optimizer step."""
+        if parts.scaler.is_enabled():
+            parts.scaler.unscale_(parts.optimizer)
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+
+    def _validate(
+        self, model: nn.Module, validate: Callable[[nn.Module], dict[str, float]]
+    ) -> dict[str, float]:
+        """``validate`` on every rank (eval mode, no grad); rank 0's metrics for all."""
+        module = unwrap(model)
+        module.eval()
+        with torch.no_grad():
+            metrics = {str(k): float(v) for k, v in validate(module).items()}
+        shared: dict[str, float] = broadcast_object(metrics, self.dist)
+        return shared
+
+    def _checkpoint_path(self) -> Path:
+        assert self.checkpoint_dir is not None
+        return self.checkpoint_dir / CHECKPOINT_FILE
+
+    def _save(self, parts: _Parts, run: _Run, improved: bool) -> None:
+        """Write the checkpoint (collective: every rank contributes its state)."""
+        model_state = run.best_state if improved else full_state_dict(parts.model, parts.mode)
+        optimizer_state = optimizer_state_dict(parts.model, parts.optimizer)
+        rng = gather_objects(_rng_state(parts.train, self.dist.device), self.dist)
+        if not self.dist.is_main:
+            return
+        payload = {
+            "version": CHECKPOINT_VERSION,
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "rng": rng,
+            "next_epoch": run.next_epoch,
+            "global_step": run.global_step,
+            "best_metric": run.best_metric,
+            "best_epoch": run.best_epoch,
+            "best_state": run.best_state,
+            "bad_epochs": run.bad_epochs,
+            "stopped": run.stopped,
+            "history": run.history,
+            "config": asdict(self.config),
+            "world_size": self.dist.world_size,
+        }
+        _atomic_save(payload, self._checkpoint_path())
+
+    def _restore(self, parts: _Parts) -> _Run | None:
+        """Load the checkpoint into the model, optimizer, scheduler, scaler and RNGs
+        (collective); None when there is none yet."""
+        path = self._checkpoint_path()
+        payload: dict[str, Any] | None = None
+        if self.dist.is_main and path.is_file():
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = broadcast_object(
+            None if payload is None else {k: v for k, v in payload.items() if k not in _HEAVY_KEYS},
+            self.dist,
+        )
+        if meta is None:
+            self._info("no checkpoint at %s: starting from scratch", path)
+            return None
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise TrainingError(
+                f"{path} has checkpoint version {meta.get('version')}; "
+                f"this version of clip-har reads version {CHECKPOINT_VERSION}"
+            )
+        changed = sorted(
+            k
+            for k, v in asdict(self.config).items()
+            if k != "parallel" and meta["config"].get(k) != v  # the mode does not change the math
+        )
+        if changed:
+            self._warning(
+                "resuming with changed settings (%s): not an exact continuation", ", ".join(changed)
+            )
+        heavy = payload or {}
+        load_full_state_dict(parts.model, heavy.get("model", {}), parts.mode)
+        load_optimizer_state_dict(
+            parts.model, parts.optimizer, heavy.get("optimizer", {}), parts.mode
+        )
+        parts.scheduler.load_state_dict(meta["scheduler"])
+        if parts.scaler.is_enabled() and meta["scaler"]:
+            parts.scaler.load_state_dict(meta["scaler"])
+        states: list[dict[str, Any]] = meta["rng"]
+        if len(states) != self.dist.world_size:
+            self._warning(
+                "the checkpoint comes from %d process(es), this run has %d: random streams differ",
+                len(states),
+                self.dist.world_size,
+            )
+        _set_rng_state(states[min(self.dist.rank, len(states) - 1)], parts.train, self.dist.device)
+        self._info("resumed from %s after epoch %d", path, meta["next_epoch"])
+        return _Run(
+            next_epoch=meta["next_epoch"],
+            global_step=meta["global_step"],
+            best_metric=meta["best_metric"],
+            best_epoch=meta["best_epoch"],
+            best_state=heavy.get("best_state", {}),
+            bad_epochs=meta["bad_epochs"],
+            stopped=meta["stopped"],
+            history=meta["history"],
+        )
+
+
+def _unpack(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` on ``device`` from a tuple/list/NamedTuple batch."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TrainingError(
+            f"a training batch must be a tuple (inputs, labels, ...), got {type(batch).__name__}"
+        )
+    inputs, labels = batch[0], batch[1]
+    return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def _set_epoch(train: DataLoader[Any], epoch: int) -> None:
+    """``set_epoch(epoch)`` on the loader's sampler, batch sampler and dataset (once each)."""
+    seen: set[int] = set()
+    for target in (getattr(train, name, None) for name in ("sampler", "batch_sampler", "dataset")):
+        setter = getattr(target, "set_epoch", None)
+        if callable(setter) and id(target) not in seen:
+            seen.add(id(target))
+            setter(epoch)
+
+
+def _generators(train: DataLoader[Any]) -> dict[str, torch.Generator]:
+    """The loader's own random generators (its base seed, a shuffling/weighted sampler)."""
+    candidates = {
+        "loader": getattr(train, "generator", None),
+        "sampler": getattr(getattr(train, "sampler", None), "generator", None),
+        "batch_sampler": getattr(getattr(train, "batch_sampler", None), "generator", None),
+    }
+    found: dict[str, torch.Generator] = {}
+    for name, generator in candidates.items():
+        if isinstance(generator, torch.Generator) and all(
+            generator is not g for g in found.values()
+        ):
+            found[name] = generator
+    return found
+
+
+def _rng_state(train: DataLoader[Any], device: torch.device) -> dict[str, Any]:
+    """This process's random states, as types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, position, has_gauss, cached = cast(
+        tuple[str, NDArray[np.uint32], int, int, float], np.random.get_state(legacy=True)
+    )
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "generators": {name: g.get_state() for name, g in _generators(train).items()},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], train: DataLoader[Any], device: torch.device) -> None:
+    """Restore what :func:`_rng_state` captured."""
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    saved = state["generators"]
+    for name, generator in _generators(train).items():
+        if name in saved:
+            generator.set_state(saved[name])
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, flushed, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
