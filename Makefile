@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= openai/clip-vit-base-patch16
-DATA ?= ../shared/data/har/sample/images
+DATA ?= ../shared/data/har/sample
+STRATEGY ?= linear-probe
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
@@ -18,10 +19,17 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $@
 
+# zero-shot bundle + predictions, then import -> validate -> split -> train a head
+# (DATA: labels.csv + images/, or class sub-folders); the run is tracked in $(OUT)/mlruns.db
 demo: install
-	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<folder of images>"; exit 2; }
+	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<labelled image folder>"; exit 2; }
 	$(BIN)/clip-har bundle create --model $(MODEL) -o $(OUT)/bundle --force
 	$(BIN)/clip-har predict "$(DATA)" --bundle $(OUT)/bundle -o $(OUT)/predictions.csv
+	$(BIN)/clip-har data import "$(DATA)" -o $(OUT)/data/imported
+	$(BIN)/clip-har data validate $(OUT)/data/imported -o $(OUT)/data/validated
+	$(BIN)/clip-har data split $(OUT)/data/validated -o $(OUT)/data/split
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlruns.db $(BIN)/clip-har train \
+		-d $(OUT)/data/split -o $(OUT)/trained --model $(MODEL) --strategy $(STRATEGY) --force
 
 lint: install
 	$(BIN)/ruff check .
@@ -38,6 +46,8 @@ unit: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_preprocess.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache

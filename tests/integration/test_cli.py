@@ -107,10 +107,12 @@ def test_real_photos_through_make_demo(har_sample_dir: Path, tmp_path: Path) -> 
     images = har_sample_dir / "images"
     out = tmp_path / "demo"
     result = subprocess.run(
-        ["make", "demo", "MODEL=tiny", f"DATA={images}", f"OUT={out}"],
+        ["make", "demo", "MODEL=tiny", f"DATA={har_sample_dir}", f"OUT={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == len(list(images.glob("*.jpg")))
+    assert "zero-shot val accuracy" in result.stdout and "trained val accuracy" in result.stdout
+    assert (out / "trained" / "manifest.json").is_file() and (out / "mlruns.db").is_file()
     assert all(row["label"] and not row["error"] for row in rows)

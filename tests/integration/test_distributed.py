@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from torchrun_worker import CONFIG, build_model, make_data, progress
 
 from clip_har.models.backbone import Backbone
@@ -26,13 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("torchrun_worker.py")
 Reference = tuple[FitResult, dict[str, torch.Tensor], torch.Tensor]  # result, state, probe logits
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def torchrun_out(
         env.pop(name, None)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         str(WORKER), str(out), str(clip_har_cache),
     ]  # fmt: skip
     result = subprocess.run(

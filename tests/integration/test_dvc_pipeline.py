@@ -54,7 +54,8 @@ def dvc(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def ran_stages(log: str) -> set[str]:
-    return {stage for stage in ("import", "validate", "split") if f"Running stage '{stage}'" in log}
+    stages = ("import", "validate", "split", "embed", "train")
+    return {stage for stage in stages if f"Running stage '{stage}'" in log}
 
 
 def files_under(root: Path, *folders: str) -> dict[str, bytes]:
@@ -72,6 +73,9 @@ def make_project(repo: Path, env: dict[str, str]) -> None:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source="raw", classes=",".join(CLASSES))
+    params["model"]["spec"] = "tiny"
+    params["prompts"]["set"] = "minimal"
+    params["train"].update(epochs=3, tracking="none")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for c, label in enumerate(CLASSES):
         (repo / "raw" / label).mkdir(parents=True)
@@ -94,7 +98,8 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     sh("git", "commit", "--quiet", "-m", "data", cwd=repo, env=env)
 
     first = dvc("repro", cwd=repo, env=env)
-    assert ran_stages(first) == {"import", "validate", "split"}
+    assert ran_stages(first) == {"import", "validate", "split", "embed", "train"}
+    assert "val_accuracy" in dvc("metrics", "show", cwd=repo, env=env)
     split = read_manifest(repo / "data" / "split")
     assert len(split) == 24 and set(split["split"]) == {"train", "val", "test"}
     manifest = repo / "data" / "split" / "manifest.parquet"
@@ -109,9 +114,11 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["split"]["seed"] = 7
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    reseeded = dvc("repro", cwd=repo, env=env)
+    reseeded = dvc("repro", "split", cwd=repo, env=env)
     assert ran_stages(reseeded) == {"split"}
     assert "Stage 'import' didn't change" in reseeded
+    downstream = dvc("repro", cwd=repo, env=env)
+    assert ran_stages(downstream) == {"embed", "train"}
 
     remote = tmp_path / "remote"
     added = run_cli("data", "remote", "add", "store", str(remote), cwd=repo, env=env)
@@ -127,7 +134,7 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     assert not (clone / "data").exists() or not any((clone / "data").rglob("*.parquet"))
     pulled = run_cli("data", "pull", cwd=clone, env=env)
     assert pulled.returncode == 0, pulled.stderr
-    assert files_under(clone, "raw", "data") == files_under(repo, "raw", "data")
+    assert files_under(clone, "raw", "data", "models") == files_under(repo, "raw", "data", "models")
     assert version(clone / "data" / "split" / "manifest.parquet") == version(manifest)
     paths = read_manifest(clone / "data" / "split")["path"]
     assert all(p.startswith(str(clone)) and Path(p).is_file() for p in paths)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import free_port
 from mlflow import MlflowClient
 
 from clip_har.tracking import FanOutTracker, MLflowTracker, create_tracker, run_tags
@@ -22,13 +22,6 @@ from clip_har.tracking import FanOutTracker, MLflowTracker, create_tracker, run_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 STARTUP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:

@@ -3,11 +3,13 @@ the default local SQLite store; an unreachable tracking server does not stop tra
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_photo, run_cli
+from conftest import free_port, make_photo, run_cli
 
 from clip_har.data.manifest import write_manifest
 from clip_har.data.sources import import_source
@@ -98,3 +100,40 @@ def test_bad_strategy_and_missing_splits_are_clear_errors(
     write_manifest(unsplit, tmp_path / "unsplit")
     missing = train(tmp_path, clip_har_cache, "-d", str(tmp_path / "unsplit"), "-o", "b")
     assert missing.returncode == 1 and "run `clip-har data split` first" in missing.stderr
+
+
+def test_checkpoints_and_resume_through_the_cli(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    args = ("-d", str(split_dir), "-s", "zs-init-linear", "--epochs", "2", "--tracking", "none")
+    first = train(tmp_path, clip_har_cache, *args, "-o", "a", "--checkpoint-dir", "ckpt")
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+    again = train(
+        tmp_path, clip_har_cache, *args, "-o", "b", "--checkpoint-dir", "ckpt", "--resume"
+    )
+    assert again.returncode == 0, again.stderr
+    metrics = [open_bundle(tmp_path / name).manifest.metrics for name in ("a", "b")]
+    assert metrics[0]["val_accuracy"] == metrics[1]["val_accuracy"]
+    no_dir = train(tmp_path, clip_har_cache, *args, "-o", "c", "--resume")
+    assert no_dir.returncode == 1 and "--resume needs --checkpoint-dir" in no_dir.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_fine_tunes_end_to_end(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()), "-m", "clip_har.cli", "train",
+        "-d", str(split_dir), "-o", str(tmp_path / "ddp"), "-s", "partial", "--blocks", "1",
+        "--epochs", "2", "--batch-size", "4", "--distributed", "ddp", "--tracking", "none",
+        "--model", "tiny", "--prompts", "minimal",
+    ]  # fmt: skip
+    env = {**os.environ, "CLIP_HAR_CACHE": str(clip_har_cache), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    bundle = open_bundle(tmp_path / "ddp")
+    assert bundle.manifest.encoder is not None and bundle.manifest.encoder.method == "partial"
+    assert done.stdout.count("trained val accuracy") == 1  # rank 0 alone reports

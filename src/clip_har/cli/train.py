@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
 from clip_har.cli.train_embed import embed_command
+from clip_har.data.report import write_text_atomic
 from clip_har.errors import ClipHarError
 from clip_har.training.strategies import FEATURE_STRATEGIES
 
@@ -63,6 +65,9 @@ def train(
     ),
     strict_tracking: bool = typer.Option(
         False, "--strict-tracking", help="Fail when a tracking backend fails (default: warn)."
+    ),
+    metrics_file: Path | None = typer.Option(
+        None, "--metrics", help="Also write the run's metrics as JSON (for `dvc metrics show`)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
 ) -> None:
@@ -140,6 +145,9 @@ def train(
     if stats.skipped:
         table.add_row("[yellow]unreadable, skipped[/yellow]", str(stats.skipped))
     console.print(table)
+    if metrics_file is not None:
+        metrics = json.dumps(outcome.bundle.manifest.metrics, indent=2, sort_keys=True)
+        write_text_atomic(metrics_file, metrics + "\n")
     err_console.print(
         f"wrote bundle {escape(str(outcome.bundle.directory))}"
         + (f" (run {escape(outcome.run_id)})" if outcome.run_id else "")

@@ -208,10 +208,19 @@ class TipAdapterHead(Head):
         self.beta = float(beta)
 
     def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        zero_shot = self.logit_scale * image_embeddings @ self.class_weights.T
-        affinity = image_embeddings @ self.cache_keys.T
-        cache = torch.exp(-self.beta * (1.0 - affinity)) @ self.cache_values
-        return zero_shot + self.alpha * cache
+        cache = self.cache_logits(self.affinity(image_embeddings), self.beta)
+        return self.zero_shot_logits(image_embeddings) + self.alpha * cache
+
+    def zero_shot_logits(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * image_embeddings @ self.class_weights.T
+
+    def affinity(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity to every cache key, ``[N, K]``."""
+        return image_embeddings @ self.cache_keys.T
+
+    def cache_logits(self, affinity: torch.Tensor, beta: float) -> torch.Tensor:
+        """The cache model's class scores for precomputed :meth:`affinity` values."""
+        return torch.exp(-beta * (1.0 - affinity)) @ self.cache_values
 
     @property
     def num_classes(self) -> int:

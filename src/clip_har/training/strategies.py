@@ -204,13 +204,19 @@ def tip_adapter(
     return StrategyResult(head, data.prompts, score, chosen={"alpha": alpha, "beta": beta}, fit=fit)
 
 
+@torch.no_grad()
 def _search_alpha_beta(head: TipAdapterHead, data: FeatureData) -> tuple[float, float, float]:
+    """Grid search on val; the affinities are computed once, not once per pair."""
+    device = head.cache_keys.device
+    x, y = data.val_x.to(device), data.val_y.to(device)
+    zero_shot, affinity = head.zero_shot_logits(x), head.affinity(x)
     best = (head.alpha, head.beta, -1.0)
-    for alpha, beta in itertools.product(TIP_ALPHAS, TIP_BETAS):
-        head.alpha, head.beta = alpha, beta
-        score = accuracy(head, data.val_x, data.val_y)
-        if score > best[2]:
-            best = (alpha, beta, score)
+    for beta in TIP_BETAS:
+        cache = head.cache_logits(affinity, beta)
+        for alpha in TIP_ALPHAS:
+            score = float(((zero_shot + alpha * cache).argmax(dim=-1) == y).float().mean())
+            if score > best[2]:
+                best = (alpha, beta, score)
     return best
 
 
