@@ -54,7 +54,7 @@ def dvc(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def ran_stages(log: str) -> set[str]:
-    stages = ("import", "validate", "split", "embed", "train")
+    stages = ("import", "validate", "split", "embed", "train", "evaluate")
     return {stage for stage in stages if f"Running stage '{stage}'" in log}
 
 
@@ -98,8 +98,12 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     sh("git", "commit", "--quiet", "-m", "data", cwd=repo, env=env)
 
     first = dvc("repro", cwd=repo, env=env)
-    assert ran_stages(first) == {"import", "validate", "split", "embed", "train"}
-    assert "val_accuracy" in dvc("metrics", "show", cwd=repo, env=env)
+    assert ran_stages(first) == {"import", "validate", "split", "embed", "train", "evaluate"}
+    metrics = dvc("metrics", "show", cwd=repo, env=env)
+    assert "val_accuracy" in metrics and "f1_macro" in metrics
+    plots = dvc("plots", "show", "--out", "plots", cwd=repo, env=env)
+    page = (repo / "plots" / "index.html").read_text()
+    assert "confusion_matrix.png" in page and "predictions.csv" in page, plots
     split = read_manifest(repo / "data" / "split")
     assert len(split) == 24 and set(split["split"]) == {"train", "val", "test"}
     manifest = repo / "data" / "split" / "manifest.parquet"
@@ -118,7 +122,7 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     assert ran_stages(reseeded) == {"split"}
     assert "Stage 'import' didn't change" in reseeded
     downstream = dvc("repro", cwd=repo, env=env)
-    assert ran_stages(downstream) == {"embed", "train"}
+    assert ran_stages(downstream) == {"embed", "train", "evaluate"}
 
     remote = tmp_path / "remote"
     added = run_cli("data", "remote", "add", "store", str(remote), cwd=repo, env=env)
@@ -134,7 +138,8 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     assert not (clone / "data").exists() or not any((clone / "data").rglob("*.parquet"))
     pulled = run_cli("data", "pull", cwd=clone, env=env)
     assert pulled.returncode == 0, pulled.stderr
-    assert files_under(clone, "raw", "data", "models") == files_under(repo, "raw", "data", "models")
+    tracked = ("raw", "data", "models", "reports")
+    assert files_under(clone, *tracked) == files_under(repo, *tracked)
     assert version(clone / "data" / "split" / "manifest.parquet") == version(manifest)
     paths = read_manifest(clone / "data" / "split")["path"]
     assert all(p.startswith(str(clone)) and Path(p).is_file() for p in paths)

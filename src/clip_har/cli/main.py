@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from clip_har import __version__
-from clip_har.cli import bundle, data, train
+from clip_har.cli import bundle, data, evaluate, train
 from clip_har.cli.common import configure_logging, err_console
 from clip_har.cli.predict import predict
 from clip_har.errors import ClipHarError
@@ -23,6 +23,7 @@ app = typer.Typer(
 app.add_typer(bundle.app, name="bundle")
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
+app.add_typer(evaluate.app, name="evaluate")
 app.command("predict")(predict)
 
 

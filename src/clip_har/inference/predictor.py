@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,13 @@ from clip_har.models.prompts import PromptSet, load_prompt_set
 
 @dataclass(frozen=True)
 class Prediction:
-    """The best label, its probability, and the ``top_k`` (label, probability) pairs."""
+    """The best label, its probability, the ``top_k`` (label, probability) pairs and the
+    probabilities of every class."""
 
     label: str
     score: float
     top_k: list[tuple[str, float]]
+    probabilities: np.ndarray = field(repr=False, compare=False)  # float32 [C], class order
 
 
 @dataclass(frozen=True)
@@ -204,4 +206,4 @@ class Predictor:
         k = min(self.options.top_k, len(self.class_names))
         order = np.argsort(-probs, kind="stable")[:k]
         ranked = [(self.class_names[i], float(probs[i])) for i in order]
-        return Prediction(label=ranked[0][0], score=ranked[0][1], top_k=ranked)
+        return Prediction(label=ranked[0][0], score=ranked[0][1], top_k=ranked, probabilities=probs)

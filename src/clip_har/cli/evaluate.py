@@ -1,0 +1,116 @@
+"""``clip-har evaluate``: metrics, plots and reports for a bundle; ``evaluate compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from clip_har.cli.common import ProgressBar, console, err_console, settings_from
+from clip_har.errors import ClipHarError
+
+app = typer.Typer(
+    help="Evaluate a bundle on a manifest (or `evaluate compare` evaluations).",
+    invoke_without_command=True,
+)
+
+
+@app.callback()
+def evaluate(
+    ctx: typer.Context,
+    bundle: str | None = typer.Option(None, "--bundle", "-b", help="Bundle directory."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Manifest folder (from data import|validate|split)."
+    ),
+    split: str = typer.Option("test", "--split", help="Split to evaluate, or 'all'."),
+    format: str = typer.Option("torch", "--format", help="Engine: torch (others after export)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the results."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed"),
+    tracking: str | None = typer.Option(
+        None, "--tracking", help="mlflow, wandb, none (default: params train.tracking)."
+    ),
+) -> None:
+    """Predict every image of --data with --bundle; write metrics.json, predictions.csv,
+    report.html, report.md and the plots to --output."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if bundle is None or data is None or output is None:
+        raise ClipHarError("clip-har evaluate needs --bundle, --data and --output")
+    from clip_har.evaluation.run import evaluate as run_evaluation
+    from clip_har.tracking import create_tracker
+
+    settings = settings_from(ctx)
+    backends = (tracking or settings.train.tracking).split(",")
+    tracker = create_tracker(
+        [b.strip() for b in backends if b.strip()],
+        experiment=settings.train.experiment,
+        root=Path.cwd(),
+    )
+    with tracker, ProgressBar("evaluating") as bar:
+        tracker.start(
+            f"evaluate-{Path(bundle).name}",
+            params={"bundle": bundle, "data": str(data), "split": split, "format": format},
+            tags={},
+        )
+        outcome = run_evaluation(
+            bundle,
+            data,
+            output,
+            split=split,
+            format=format,
+            batch_size=batch_size,
+            n_bootstrap=bootstrap,
+            seed=seed,
+            progress=bar,
+            tracker=tracker,
+        )
+    metrics = outcome.metrics
+    table = Table(title=escape(f"{bundle} on {data} ({split})"))
+    table.add_column("")
+    table.add_column("value", justify="right")
+
+    def with_ci(value: float, ci: list[float] | None) -> str:
+        return f"{value:.4f}" + ("" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]")
+
+    table.add_row("accuracy [95% CI]", with_ci(metrics["accuracy"], metrics["accuracy_ci"]))
+    table.add_row("macro-F1 [95% CI]", with_ci(metrics["macro"]["f1"], metrics["f1_macro_ci"]))
+    table.add_row("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}")
+    table.add_row("ECE", f"{metrics['ece']:.4f}")
+    table.add_row("images / s", f"{outcome.images_per_second:.1f}")
+    if outcome.unreadable:
+        table.add_row("[yellow]unreadable[/yellow]", str(outcome.unreadable))
+    for label, count in outcome.unknown_labels.items():
+        table.add_row(f"[yellow]unknown label {escape(str(label))}[/yellow]", str(count))
+    console.print(table)
+    for key in ("classes_without_support", "predicted_but_absent"):
+        if metrics[key]:
+            err_console.print(
+                f"[yellow]{key.replace('_', ' ')}:[/yellow] {', '.join(metrics[key])}"
+            )
+    err_console.print(f"wrote {escape(str(output))}/ (report.html, metrics.json, predictions.csv)")
+
+
+@app.command("compare")
+def compare(
+    evaluations: list[str] = typer.Argument(
+        ..., help="Evaluation folders or MLflow run ids; the first is the baseline."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for compare.{json,md,html}."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Side-by-side table, delta plot, McNemar test and paired bootstrap CIs."""
+    from clip_har.evaluation.compare_runs import HEADERS, compare_evaluations, table_rows
+
+    report = compare_evaluations(evaluations, output, n_bootstrap=bootstrap, seed=seed)
+    table = Table(title=escape(f"vs {report['baseline']}"))
+    for header in HEADERS:
+        table.add_column(header)
+    for cells in table_rows(report["comparisons"]):
+        table.add_row(*(escape(c) for c in cells))
+    console.print(table)
+    err_console.print(f"wrote {escape(str(output))}/compare.{{json,md,html}}, compare_delta.png")

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with bootstrap intervals, paired model comparison, plots and reports."""

@@ -1,0 +1,178 @@
+"""``clip-har evaluate compare``: evaluations of several models on the same images, side by
+side, each against the first with McNemar's test and paired bootstrap CIs.
+
+An input is an evaluation folder (``clip-har evaluate -o DIR``) or an MLflow run id whose
+``evaluation`` artifacts are downloaded from the configured tracking server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clip_har.data.report import REPORT_CSS, esc, html_table, png_base64, write_text_atomic
+from clip_har.errors import ClipHarError
+from clip_har.evaluation.compare import compare_predictions
+from clip_har.evaluation.metrics import EvalArrays
+from clip_har.evaluation.run import DETAILS_FILE, PREDICTIONS_FILE
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation's per-image predictions and its class list."""
+
+    name: str
+    predictions: pd.DataFrame
+    class_names: list[str]
+
+
+def load_evaluation(reference: str, download_to: Path) -> Evaluation:
+    """An evaluation folder, or the ``evaluation`` artifacts of an MLflow run id."""
+    folder = Path(reference)
+    if not folder.is_dir() and RUN_ID.match(reference):
+        folder = _download_run(reference, download_to)
+    files = [folder / PREDICTIONS_FILE, folder / DETAILS_FILE]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ClipHarError(
+            f"{reference}: not an evaluation folder or MLflow run (missing {', '.join(missing)})"
+        )
+    details = json.loads(files[1].read_text())
+    predictions = pd.read_csv(files[0], dtype={"label": "string", "predicted": "string"})
+    return Evaluation(reference, predictions, list(details["class_names"]))
+
+
+def _download_run(run_id: str, target: Path) -> Path:
+    from mlflow import MlflowClient
+
+    from clip_har.tracking.mlflow_backend import default_tracking_uri
+
+    try:
+        client = MlflowClient(default_tracking_uri(Path.cwd()))
+        path = client.download_artifacts(run_id, "evaluation", str(target / run_id))
+    except Exception as exc:  # mlflow raises many types: missing run, server down, no artifact
+        raise ClipHarError(f"cannot fetch the evaluation of MLflow run {run_id}: {exc}") from None
+    return Path(path)
+
+
+def _paired(base: Evaluation, other: Evaluation) -> tuple[EvalArrays, EvalArrays, int]:
+    """Both models' predictions on the images both could read, in the same order."""
+    if base.class_names != other.class_names:
+        raise ClipHarError(f"{other.name}: its classes differ from {base.name}'s")
+    a = base.predictions.dropna(subset=["predicted"]).set_index("path")
+    b = other.predictions.dropna(subset=["predicted"]).set_index("path")
+    shared = a.index.intersection(b.index)
+    if shared.empty:
+        raise ClipHarError(f"{base.name} and {other.name} share no evaluated image")
+    if not (a.loc[shared, "label"] == b.loc[shared, "label"]).all():
+        raise ClipHarError(f"{base.name} and {other.name} disagree on true labels")
+    index = {name: i for i, name in enumerate(base.class_names)}
+    y_true = np.array([index[x] for x in a.loc[shared, "label"]], dtype=np.int64)
+
+    def arrays(frame: pd.DataFrame) -> EvalArrays:
+        predicted = np.array([index[x] for x in frame.loc[shared, "predicted"]])
+        one_hot = np.eye(len(index))[predicted]  # the comparison needs only the top-1 choice
+        return EvalArrays(y_true=y_true, probs=one_hot, class_names=base.class_names)
+
+    return arrays(a), arrays(b), len(a) + len(b) - 2 * len(shared)
+
+
+def compare_evaluations(
+    references: list[str], output: Path, *, n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Compare every evaluation with the first; write ``compare.{json,md,html}`` + the plot."""
+    if len(references) < 2:
+        raise ClipHarError("compare needs at least two evaluations")
+    output.mkdir(parents=True, exist_ok=True)
+    evaluations = [load_evaluation(ref, output / "downloads") for ref in references]
+    base = evaluations[0]
+    rows = []
+    for other in evaluations[1:]:
+        a, b, unmatched = _paired(base, other)
+        result = compare_predictions(a, b, n_bootstrap=n_bootstrap, seed=seed)
+        rows.append({"baseline": base.name, "model": other.name, "unpaired": unmatched, **result})
+    report = {"baseline": base.name, "comparisons": rows}
+    write_text_atomic(output / "compare.json", json.dumps(report, indent=2) + "\n")
+    plot = _delta_plot(rows, output / "compare_delta.png")
+    write_text_atomic(output / "compare.md", _markdown(rows))
+    write_text_atomic(output / "compare.html", _html(rows, plot))
+    return report
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per comparison: model, accuracies, deltas with CIs, McNemar p."""
+    return [
+        (
+            str(r["model"]),
+            f"{r['accuracy']['a']:.4f} → {r['accuracy']['b']:.4f}",
+            f"{r['accuracy']['delta']:+.4f} {_interval(r['accuracy']['delta_ci'])}",
+            f"{r['f1_macro']['delta']:+.4f} {_interval(r['f1_macro']['delta_ci'])}",
+            f"{r['p_value']:.4g} ({r['method']}, {r['b01']}/{r['b10']})",
+            str(r["n"]),
+        )
+        for r in rows
+    ]
+
+
+HEADERS = ("model", "accuracy", "Δ accuracy [95% CI]", "Δ macro-F1 [95% CI]", "McNemar p", "n")
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [f"# Comparison with {rows[0]['baseline']}", ""]
+    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    lines += [
+        "",
+        "McNemar counts: baseline right & model wrong / baseline wrong & model right.",
+        "",
+    ]
+    lines.append("![deltas](compare_delta.png)")
+    return "\n".join(lines) + "\n"
+
+
+def _html(rows: list[dict[str, Any]], plot: str) -> str:
+    cells = [tuple(esc(c) for c in row) for row in table_rows(rows)]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Comparison</title>"
+        f"<style>{REPORT_CSS}</style></head><body>"
+        f"<h1>Comparison with {esc(rows[0]['baseline'])}</h1>"
+        f"{html_table(list(HEADERS), cells)}"
+        f"<img alt='deltas' src='data:image/png;base64,{plot}'></body></html>\n"
+    )
+
+
+def _delta_plot(rows: list[dict[str, Any]], path: Path) -> str:
+    """Bars of Δ accuracy and Δ macro-F1 with their CIs; returns the PNG as base64."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 1.2 + 0.6 * len(rows)))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    for offset, key, colour in ((0.2, "accuracy", "#4c72b0"), (-0.2, "f1_macro", "#dd8452")):
+        deltas = np.array([r[key]["delta"] for r in rows])
+        cis = [r[key]["delta_ci"] or [d, d] for r, d in zip(rows, deltas, strict=True)]
+        errors = np.array([[d - lo, hi - d] for d, (lo, hi) in zip(deltas, cis, strict=True)]).T
+        axes.barh(positions + offset, deltas, height=0.4, xerr=errors, color=colour, label=key)
+    axes.axvline(0, color="#333", linewidth=1)
+    axes.set_yticks(positions, [str(r["model"]) for r in rows])
+    axes.set_xlabel(f"difference vs {rows[0]['baseline']} (95% bootstrap CI)")
+    axes.legend(loc="best", frameon=False)
+    figure.tight_layout()
+    encoded = png_base64(figure)
+    path.write_bytes(base64.b64decode(encoded))
+    return encoded

@@ -1,0 +1,96 @@
+"""Paired model comparison: McNemar's test and paired-bootstrap deltas."""
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, chi2
+
+from clip_har.evaluation.compare import compare_predictions, mcnemar
+from clip_har.evaluation.metrics import EvalArrays, EvaluationError, compute_metrics
+
+NAMES = ["clap", "run", "sit"]
+
+
+def confident(y_pred: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """Probability rows with 0.8 on the predicted class."""
+    probs = np.full((len(y_pred), n_classes), 0.2 / (n_classes - 1))
+    probs[np.arange(len(y_pred)), y_pred] = 0.8
+    return probs
+
+
+def paired(b01: int, b10: int, both: int = 30, neither: int = 10) -> tuple[EvalArrays, EvalArrays]:
+    """Two models on the same images with exactly ``b01``/``b10`` discordant pairs."""
+    n = b01 + b10 + both + neither
+    y_true = np.arange(n) % 3
+    wrong = (y_true + 1) % 3
+    right_a = np.r_[np.ones(b01), np.zeros(b10), np.ones(both), np.zeros(neither)].astype(bool)
+    right_b = np.r_[np.zeros(b01), np.ones(b10), np.ones(both), np.zeros(neither)].astype(bool)
+    a = EvalArrays(y_true, confident(np.where(right_a, y_true, wrong)), NAMES)
+    b = EvalArrays(y_true, confident(np.where(right_b, y_true, wrong)), NAMES)
+    return a, b
+
+
+def test_identical_models_have_p_one_and_zero_delta() -> None:
+    a, _ = paired(4, 6)
+    result = compare_predictions(a, a)
+    assert (result["b01"], result["b10"], result["n"]) == (0, 0, 50)
+    assert result["p_value"] == 1.0
+    for metric in ("accuracy", "f1_macro"):
+        assert result[metric]["delta"] == 0.0
+        assert result[metric]["delta_ci"] == [0.0, 0.0]
+        assert result[metric]["a"] == result[metric]["b"]
+
+
+def test_few_discordant_pairs_use_the_exact_binomial_test() -> None:
+    a, b = paired(3, 9)
+    result = compare_predictions(a, b, n_bootstrap=200)
+    assert (result["b01"], result["b10"], result["method"]) == (3, 9, "exact")
+    assert result["statistic"] is None
+    assert result["p_value"] == pytest.approx(binomtest(3, 12, 0.5).pvalue)
+
+
+def test_many_discordant_pairs_use_chi_square_with_continuity_correction() -> None:
+    a, b = paired(10, 30)
+    result = compare_predictions(a, b, n_bootstrap=200)
+    assert (result["b01"], result["b10"], result["method"]) == (10, 30, "chi2")
+    statistic = (abs(10 - 30) - 1) ** 2 / 40
+    assert result["statistic"] == pytest.approx(statistic)
+    assert result["p_value"] == pytest.approx(chi2.sf(statistic, df=1))
+
+
+def test_the_method_switches_at_twenty_five_discordant_pairs() -> None:
+    assert mcnemar(12, 12)["method"] == "exact"
+    assert mcnemar(12, 13)["method"] == "chi2"
+    assert mcnemar(0, 0) == {"method": "exact", "statistic": None, "p_value": 1.0}
+
+
+def test_deltas_match_per_model_metrics_and_the_paired_bootstrap_is_seeded() -> None:
+    a, b = paired(5, 20, both=60, neither=15)
+    result = compare_predictions(a, b, seed=4)
+    metrics_a = compute_metrics(a, n_bootstrap=0)
+    metrics_b = compute_metrics(b, n_bootstrap=0)
+    assert result["accuracy"]["a"] == pytest.approx(metrics_a["accuracy"])
+    assert result["accuracy"]["b"] == pytest.approx(metrics_b["accuracy"])
+    assert result["f1_macro"]["b"] == pytest.approx(metrics_b["macro"]["f1"])
+    assert result["accuracy"]["delta"] == pytest.approx(0.15)
+    for metric in ("accuracy", "f1_macro"):
+        low, high = result[metric]["delta_ci"]
+        assert 0.0 < low < result[metric]["delta"] < high
+    assert compare_predictions(a, b, seed=4) == result
+    reseeded = compare_predictions(a, b, seed=5)
+    assert reseeded["accuracy"]["delta_ci"] != result["accuracy"]["delta_ci"]
+    assert compare_predictions(a, b, n_bootstrap=0)["accuracy"]["delta_ci"] is None
+
+
+def test_mismatched_prediction_sets_raise_evaluation_error() -> None:
+    a, b = paired(3, 9)
+    shifted = EvalArrays(np.roll(b.y_true, 1), b.probs, NAMES)
+    with pytest.raises(EvaluationError, match="differ at"):
+        compare_predictions(a, shifted)
+    shorter = EvalArrays(b.y_true[:-1], b.probs[:-1], NAMES)
+    with pytest.raises(EvaluationError, match="cover 52 and 51 images"):
+        compare_predictions(a, shorter)
+    renamed = EvalArrays(b.y_true, b.probs, ["clap", "sit", "run"])
+    with pytest.raises(EvaluationError, match="class lists"):
+        compare_predictions(a, renamed)
+    with pytest.raises(EvaluationError, match="n_bootstrap"):
+        compare_predictions(a, b, n_bootstrap=-5)
