@@ -70,13 +70,17 @@ def test_evaluate_writes_every_output_and_counts_unreadable_images(
     assert "accuracy [95% CI]" in done.stdout
 
 
-def test_compare_identical_and_different_models(sample_split: Path, clip_har_cache: Path) -> None:
+def test_compare_identical_and_different_models(
+    sample_split: Path, clip_har_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = sample_split
+    store = f"sqlite:///{root / 'mlruns.db'}"
     for name in ("a", "b"):
         prompts = "actions" if name == "a" else "minimal"
-        done = cli(
-            root, clip_har_cache, "evaluate", "-b", f"zs-{prompts}", "-d", "split", "-o",
-            f"eval-{name}", "--tracking", "none",
+        done = run_cli(
+            "evaluate", "-b", f"zs-{prompts}", "-d", "split", "-o", f"eval-{name}",
+            "--tracking", "mlflow", cwd=root,
+            env={"CLIP_HAR_CACHE": str(clip_har_cache), "MLFLOW_TRACKING_URI": store},
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
     same = cli(root, clip_har_cache, "evaluate", "compare", "eval-a", "eval-a", "-o", "cmp-same")
@@ -85,7 +89,16 @@ def test_compare_identical_and_different_models(sample_split: Path, clip_har_cac
     assert row["p_value"] == 1.0 and row["accuracy"]["delta"] == 0.0
     assert row["accuracy"]["delta_ci"] == [0.0, 0.0]
 
-    other = cli(root, clip_har_cache, "evaluate", "compare", "eval-a", "eval-b", "-o", "cmp")
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    runs = mlflow.search_runs(experiment_names=["clip-har"], output_format="list")
+    assert all("accuracy" in run.data.metrics for run in runs) and len(runs) == 2
+    first, second = sorted(runs, key=lambda run: run.info.start_time)
+    other = run_cli(
+        "evaluate", "compare", first.info.run_id, second.info.run_id, "-o", "cmp", cwd=root,
+        env={"MLFLOW_TRACKING_URI": store},
+    )  # fmt: skip
     assert other.returncode == 0, other.stderr
     (row,) = json.loads((root / "cmp" / "compare.json").read_text())["comparisons"]
     assert 0.0 <= row["p_value"] <= 1.0 and row["n"] > 0
