@@ -73,7 +73,9 @@ class TrainSettings(_Section):
 
     strategy: str = Field("linear-probe", description="See `clip-har train --help`.")
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=1, description="Global batch per optimiser step.")
+    batch_size: int = Field(
+        64, ge=1, description="Global batch per forward pass (a step is batch x accumulation)."
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)

@@ -120,20 +120,25 @@ def test_checkpoints_and_resume_through_the_cli(
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_fine_tunes_end_to_end(
-    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("strategy", "mode"), [("lora", "ddp"), ("partial", "fsdp"), ("zs-init-linear", "ddp")]
+)
+def test_torchrun_trains_and_rank_0_writes_the_bundle(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path, strategy: str, mode: str
 ) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(free_port()), "-m", "clip_har.cli", "train",
-        "-d", str(split_dir), "-o", str(tmp_path / "ddp"), "-s", "partial", "--blocks", "1",
-        "--epochs", "2", "--batch-size", "4", "--distributed", "ddp", "--tracking", "none",
+        "-d", str(split_dir), "-o", str(tmp_path / mode), "-s", strategy, "--blocks", "1",
+        "--epochs", "2", "--batch-size", "4", "--distributed", mode, "--tracking", "none",
         "--model", "tiny", "--prompts", "minimal",
     ]  # fmt: skip
     env = {**os.environ, "CLIP_HAR_CACHE": str(clip_har_cache), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    bundle = open_bundle(tmp_path / "ddp")
-    assert bundle.manifest.encoder is not None and bundle.manifest.encoder.method == "partial"
+    bundle = open_bundle(tmp_path / mode)
+    if strategy in ("lora", "partial"):
+        assert bundle.manifest.encoder is not None and bundle.manifest.encoder.method == strategy
     assert done.stdout.count("trained val accuracy") == 1  # rank 0 alone reports
+    assert bundle.load_classifier() is not None

@@ -47,7 +47,8 @@ def load_evaluation(reference: str, download_to: Path) -> Evaluation:
             f"{reference}: not an evaluation folder or MLflow run (missing {', '.join(missing)})"
         )
     details = json.loads(files[1].read_text())
-    predictions = pd.read_csv(files[0], dtype={"label": "string", "predicted": "string"})
+    text = {"label": "string", "predicted": "string", "sha256": "string", "path": "string"}
+    predictions = pd.read_csv(files[0], dtype=text)
     return Evaluation(reference, predictions, list(details["class_names"]))
 
 
@@ -64,12 +65,19 @@ def _download_run(run_id: str, target: Path) -> Path:
     return Path(path)
 
 
+def _keyed(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Evaluated rows keyed by image content (sha256), so evaluations made in different
+    checkouts or machines pair up; byte-identical copies count once."""
+    rows = predictions.dropna(subset=["predicted"])
+    key = rows["sha256"].fillna(rows["path"]) if "sha256" in rows else rows["path"]
+    return rows.assign(key=key).drop_duplicates("key").set_index("key")
+
+
 def _paired(base: Evaluation, other: Evaluation) -> tuple[EvalArrays, EvalArrays, int]:
     """Both models' predictions on the images both could read, in the same order."""
     if base.class_names != other.class_names:
         raise ClipHarError(f"{other.name}: its classes differ from {base.name}'s")
-    a = base.predictions.dropna(subset=["predicted"]).set_index("path")
-    b = other.predictions.dropna(subset=["predicted"]).set_index("path")
+    a, b = (_keyed(e.predictions) for e in (base, other))
     shared = a.index.intersection(b.index)
     if shared.empty:
         raise ClipHarError(f"{base.name} and {other.name} share no evaluated image")

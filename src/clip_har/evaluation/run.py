@@ -33,7 +33,7 @@ Progress = Callable[[int, int], None]
 METRICS_FILE = "metrics.json"  # flat scalars + per-class scores: what `dvc metrics` reads
 DETAILS_FILE = "metrics_full.json"  # everything, confusion matrices and reliability included
 PREDICTIONS_FILE = "predictions.csv"
-PREDICTION_COLUMNS = ("path", "label", "predicted", "confidence", "correct", "error")
+PREDICTION_COLUMNS = ("path", "sha256", "label", "predicted", "confidence", "correct", "error")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _open_predictor(bundle: str, format: str, batch_size: int) -> Predictor:
 def _predict(
     predictor: Predictor, rows: pd.DataFrame, progress: Progress | None
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """One prediction row per manifest row and the probability matrix (NaN where unreadable)."""
+    """One prediction row per manifest row and the probability matrix (NaN rows where the
+    image could not be read; a model's non-finite output is an error, not "unreadable")."""
     paths = [Path(p) for p in rows["path"]]
     probs = np.full((len(paths), len(predictor.class_names)), np.nan)
     records = []
@@ -95,10 +96,13 @@ def _predict(
         label = rows["label"].iloc[i]
         prediction = result.prediction
         if prediction is not None:
+            if not np.isfinite(prediction.probabilities).all():
+                raise ClipHarError(f"the model returned non-finite scores for {result.path}")
             probs[i] = prediction.probabilities
         records.append(
             {
                 "path": str(result.path),
+                "sha256": rows["sha256"].iloc[i],
                 "label": label,
                 "predicted": prediction.label if prediction else None,
                 "confidence": round(prediction.score, 6) if prediction else None,

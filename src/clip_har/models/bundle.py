@@ -36,7 +36,7 @@ from clip_har.errors import BundleError
 from clip_har.inference.preprocess import ImageConfig
 from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
 from clip_har.models.classifier import HARClassifier
-from clip_har.models.heads import HEAD_TYPES, Head, HeadShapeError
+from clip_har.models.heads import HEAD_TYPES, Head
 from clip_har.models.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Bundle:
         info = self.manifest.head
         try:
             head = HEAD_TYPES[info.type].from_tensors(tensors, info.params)
-        except (HeadShapeError, RuntimeError) as exc:
+        except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # HeadShapeError too
             raise BundleError(f"{path}: {exc}") from None
         probe = torch.zeros(1, self.manifest.backbone.embed_dim)
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from clip_har.errors import ModelUnavailableError
 from clip_har.inference.preprocess import ImageConfig
 from clip_har.resources import configs_dir
 
@@ -65,6 +66,12 @@ def ensure_preset(name: str, cache_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         _build(PRESETS[name], staging)
+        if not (staging / "config.json").is_file():
+            # transformers writes weights only on rank 0 once torch.distributed is up
+            raise ModelUnavailableError(
+                f"preset {name} could not be written from this process (a torch.distributed "
+                "rank other than 0): load it on rank 0 first"
+            )
         try:
             staging.rename(target)
         except OSError:  # another process finished first; keep its copy

@@ -56,7 +56,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
@@ -411,8 +411,38 @@ def load_full_state_dict(
     if mode == "none":
         unwrap(model).load_state_dict(state, strict=True)
         return
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, dict(state), options=options)  # a copy: it is rewritten
+    if mode == "ddp":
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, dict(state), options=options)  # a copy: it is rewritten
+        return
+    _load_sharded(unwrap(model), state)
+
+
+@torch.no_grad()
+def _load_sharded(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """FSDP: broadcast each full tensor from rank 0 and copy this rank's shard into place.
+    (``set_model_state_dict`` mishandles modules whose frozen and trainable parameters
+    share FSDP groups, as fine-tuning does.)"""
+    is_source = torch_dist.get_rank() == 0
+    targets = module.state_dict(keep_vars=True)
+    if is_source and set(state) != set(targets):
+        missing, unexpected = set(targets) - set(state), set(state) - set(targets)
+        raise DistributedError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    for name, target in targets.items():
+        local = target.to_local() if isinstance(target, DTensor) else target
+        full = (
+            state[name].to(device=local.device, dtype=target.dtype)
+            if is_source
+            else torch.empty(target.shape, dtype=target.dtype, device=local.device)
+        )
+        torch_dist.broadcast(full, src=0)
+        if isinstance(target, DTensor):
+            shard = distribute_tensor(
+                full, target.device_mesh, target.placements, src_data_rank=None
+            )
+            local.copy_(shard.to_local())
+        else:
+            local.copy_(full)
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from clip_har.data.augment import Augmenter
 from clip_har.data.datasets import ManifestDataset, make_loader
+from clip_har.data.validate import DEFAULT_MAX_PIXELS
 from clip_har.errors import ClipHarError
 from clip_har.inference.preprocess import Preprocessor
 from clip_har.models.backbone import Backbone, ImageEncoder
@@ -44,12 +45,16 @@ class FinetuneOptions:
     lora_rank: int = 8
     augment: str = "light"
     workers: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
 class FinetuneResult:
+    """The tuned classifier (plain modules, best epoch) and the encoder tensors it changed;
+    under torchrun only rank 0 holds the trained weights and the delta (None elsewhere)."""
+
     classifier: HARClassifier
-    encoder: EncoderDelta
+    encoder: EncoderDelta | None
     val_accuracy: float
     fit: FitResult
 
@@ -64,29 +69,48 @@ def _vision_blocks(model: Any) -> nn.ModuleList:
     return layers
 
 
+class VisionTower(nn.Module):
+    """The image half of a CLIP-style model (vision transformer + projection), so training
+    never carries the text tower through DDP/FSDP. Parameter names match the full model's,
+    so the changed tensors load back into it."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What ``CLIPModel.get_image_features`` computes: the projected pooled output."""
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        projected: torch.Tensor = self.visual_projection(pooled)
+        return projected
+
+
 def prepare_model(backbone: Backbone, method: Method, options: FinetuneOptions) -> nn.Module:
-    """A copy of the backbone model with only the parts ``method`` trains left trainable."""
-    model = copy.deepcopy(backbone.model)
+    """A copy of the backbone's vision tower with only what ``method`` trains trainable."""
+    _vision_blocks(backbone.model)
+    model = copy.deepcopy(VisionTower(backbone.model))
     model.requires_grad_(False)
     if method == "partial":
         blocks = _vision_blocks(model)
         if not 1 <= options.blocks <= len(blocks):
             raise ClipHarError(f"--blocks must be 1..{len(blocks)} for this model")
-        trainable = [*blocks[-options.blocks :], model.vision_model.post_layernorm]
-        trainable.append(model.visual_projection)
+        tower: Any = model
+        trainable = [*blocks[-options.blocks :], tower.vision_model.post_layernorm]
+        trainable.append(tower.visual_projection)
         for module in trainable:
             module.requires_grad_(True)
-        return model  # type: ignore[no-any-return]
+        return model
     from peft import LoraConfig, inject_adapter_in_model
 
-    _vision_blocks(model)
     config = LoraConfig(
         r=options.lora_rank,
         lora_alpha=2 * options.lora_rank,
         lora_dropout=0.0,
         target_modules=r".*vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
     )
-    return inject_adapter_in_model(config, model)  # type: ignore[no-any-return]
+    tuned: nn.Module = inject_adapter_in_model(config, model)
+    return tuned
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -140,8 +164,10 @@ def finetune(
     config = trainer.config
     preprocessor = Preprocessor(backbone.image_config)
     augment = Augmenter(options.augment, preprocessor.output_size, seed=config.seed)
-    train_set = ManifestDataset(rows["train"], preprocessor, class_names, augment=augment)
-    val_set = ManifestDataset(rows["val"], preprocessor, class_names)
+    train_set = ManifestDataset(
+        rows["train"], preprocessor, class_names, augment=augment, max_pixels=options.max_pixels
+    )
+    val_set = ManifestDataset(rows["val"], preprocessor, class_names, max_pixels=options.max_pixels)
     sampler = EpochSampler(
         len(train_set),
         batch_size=config.batch_size,
@@ -156,12 +182,15 @@ def finetune(
     classifier = HARClassifier(ImageEncoder(model), head, class_names)
     trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
     logger.info("%s: training %d parameters end to end", method, trainable)
-    fit = trainer.fit(
-        classifier,
+    fit = trainer.fit(  # on a copy: DDP/FSDP wrap, move and shard what they train
+        copy.deepcopy(classifier),
         loader,
         lambda m: {"val_accuracy": image_accuracy(m, val_set, config.batch_size)},
     )
     classifier.eval()
+    if not fit.best_state:  # ranks other than 0: rank 0 saves the bundle
+        return FinetuneResult(classifier, None, fit.best_metric, fit)
+    classifier.load_state_dict(fit.best_state)
     if method == "lora":
         merge_lora(model)
     tensors = changed_tensors(backbone.model, model)

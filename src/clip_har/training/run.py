@@ -21,7 +21,7 @@ from clip_har.models.bundle import Bundle, EncoderDelta, save_bundle
 from clip_har.models.classifier import HARClassifier, TextEmbeddingCache
 from clip_har.models.prompts import load_prompt_set
 from clip_har.tracking import NullTracker, create_tracker, run_tags
-from clip_har.training.distributed import DistContext, local_context
+from clip_har.training.distributed import DistContext, barrier, local_context
 from clip_har.training.features import EmbedStats, FeatureStore, default_store_root
 from clip_har.training.finetune import E2E_STRATEGIES, FinetuneOptions, finetune
 from clip_har.training.strategies import (
@@ -66,21 +66,40 @@ def _embed(
     settings: Settings,
     progress: Progress | None,
 ) -> tuple[torch.Tensor, torch.Tensor, EmbedStats]:
-    features, stats = store.embed(rows, batch_size=settings.train.batch_size, progress=progress)
+    features, stats = store.embed(
+        rows,
+        batch_size=settings.train.batch_size,
+        num_workers=settings.train.workers,
+        progress=progress,
+    )
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[name] for name in rows["label"]], dtype=torch.int64)
     return features.embeddings[features.present], labels[features.present], stats
 
 
 def feature_data(
-    settings: Settings, manifest: pd.DataFrame, backbone: Backbone, progress: Progress | None
+    settings: Settings,
+    manifest: pd.DataFrame,
+    backbone: Backbone,
+    progress: Progress | None,
+    dist: DistContext | None = None,
 ) -> tuple[FeatureData, EmbedStats]:
-    """Train/val embeddings (from the cache where possible) and the text side."""
+    """Train/val embeddings (from the cache where possible) and the text side. Under
+    torchrun rank 0 encodes first; the other ranks then read its cache entries."""
+    dist = dist or local_context()
     train_rows, val_rows = _split_rows(manifest, "train"), _split_rows(manifest, "val")
     classes = sorted(set(train_rows["label"]) | set(val_rows["label"]))
-    store = FeatureStore(default_store_root(settings.cache_dir), backbone)
+    store = FeatureStore(
+        default_store_root(settings.cache_dir),
+        backbone,
+        max_pixels=settings.data.max_image_pixels,
+    )
+    if not dist.is_main:
+        barrier(dist)
     train_x, train_y, train_stats = _embed(store, train_rows, classes, settings, progress)
     val_x, val_y, val_stats = _embed(store, val_rows, classes, settings, progress)
+    if dist.is_main:
+        barrier(dist)
     data = FeatureData(
         train_x=train_x,
         train_y=train_y,
@@ -142,7 +161,11 @@ def _fit(
         )
         return result, None
     options = FinetuneOptions(
-        blocks=train.blocks, lora_rank=train.lora_rank, augment=train.augment, workers=train.workers
+        blocks=train.blocks,
+        lora_rank=train.lora_rank,
+        augment=train.augment,
+        workers=train.workers,
+        max_pixels=settings.data.max_image_pixels,
     )
     rows = {split: _split_rows(manifest, split) for split in ("train", "val")}
     tuned = finetune(
@@ -186,11 +209,19 @@ def run_training(
             f"unknown strategy {train.strategy!r}; "
             f"choose one of {', '.join(FEATURE_STRATEGIES + E2E_STRATEGIES)}"
         )
+    if output.exists() and not overwrite:
+        raise ClipHarError(f"{output} already exists (use --force to replace it)")
+    if train.balance == "weights" and train.strategy in ("zero-shot", "tip-adapter"):
+        logger.warning("%s trains nothing: --balance weights does not apply", train.strategy)
     manifest = read_manifest(data)
+    if not dist.is_main:  # rank 0 downloads (or builds) the backbone once, then the others
+        barrier(dist)
     backbone = load_backbone(
         settings.model.spec, revision=settings.model.revision, cache_dir=settings.cache_dir
     )
-    features, stats = feature_data(settings, manifest, backbone, progress)
+    if dist.is_main:
+        barrier(dist)
+    features, stats = feature_data(settings, manifest, backbone, progress, dist)
     weights = (
         class_weights(
             [features.class_names[i] for i in features.train_y.tolist()], features.class_names

@@ -8,6 +8,7 @@ prompt templates) are chosen on the validation split.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -107,14 +108,17 @@ def _select_templates(data: FeatureData) -> PromptSet:
     return data.prompts.model_copy(update={"templates": selected})
 
 
-def linear_probe(data: FeatureData, *, seed: int = 0) -> StrategyResult:
-    """Multinomial logistic regression (L-BFGS) on the features; ``C`` swept on val."""
+def linear_probe(data: FeatureData, *, seed: int = 0, balanced: bool = False) -> StrategyResult:
+    """Multinomial logistic regression (L-BFGS) on the features; ``C`` swept on val.
+    ``balanced`` weights each class inversely to its frequency."""
     from sklearn.linear_model import LogisticRegression
 
     train_x, train_y = data.train_x.numpy(), data.train_y.numpy()
     best: tuple[float, float, LinearHead] | None = None
     for c in C_GRID:
-        model = LogisticRegression(C=c, max_iter=1000, random_state=seed)
+        model = LogisticRegression(
+            C=c, max_iter=1000, random_state=seed, class_weight="balanced" if balanced else None
+        )
         model.fit(train_x, train_y)
         head = _head_from_sklearn(
             model.coef_, model.intercept_, model.classes_, len(data.class_names)
@@ -144,14 +148,20 @@ def _head_from_sklearn(
 
 
 def _train(head: Head, data: FeatureData, trainer: Trainer, config: TrainConfig) -> FitResult:
-    """Fit ``head`` on the train features with the shared trainer; keeps the best val epoch."""
+    """Fit ``head`` on the train features with the shared trainer, then load the best val
+    epoch into it. The trainer works on a copy (DDP/FSDP wrap and move what they train), so
+    ``head`` stays a plain CPU module; under torchrun only rank 0 receives the weights."""
     loader = feature_loader(
-        data.train_x, data.train_y, batch_size=config.batch_size, seed=config.seed
-    )
+        data.train_x, data.train_y, batch_size=config.batch_size, seed=config.seed,
+        dist=trainer.dist,
+    )  # fmt: skip
     result = trainer.fit(
-        head, loader, lambda model: {"val_accuracy": accuracy(model, data.val_x, data.val_y)}
+        copy.deepcopy(head),
+        loader,
+        lambda model: {"val_accuracy": accuracy(model, data.val_x, data.val_y)},
     )
-    head.load_state_dict(result.best_state)
+    if result.best_state:  # empty on ranks other than 0
+        head.load_state_dict(result.best_state)
     return result
 
 
@@ -242,7 +252,7 @@ def fit_strategy(
     if name == "zero-shot":
         return zero_shot(data, select_prompts=select_prompts)
     if name == "linear-probe":
-        return linear_probe(data, seed=config.seed)
+        return linear_probe(data, seed=config.seed, balanced=trainer.class_weights is not None)
     if name == "zs-init-linear":
         return zs_init_linear(data, trainer, config)
     if name == "clip-adapter":
