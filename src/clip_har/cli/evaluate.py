@@ -41,12 +41,11 @@ def evaluate(
     if bundle is None or data is None or output is None:
         raise ClipHarError("clip-har evaluate needs --bundle, --data and --output")
     from clip_har.evaluation.run import evaluate as run_evaluation
-    from clip_har.tracking import create_tracker
+    from clip_har.tracking import create_tracker, parse_backends
 
     settings = settings_from(ctx)
-    backends = (tracking or settings.train.tracking).split(",")
     tracker = create_tracker(
-        [b.strip() for b in backends if b.strip()],
+        parse_backends(tracking or settings.train.tracking),
         experiment=settings.train.experiment,
         root=Path.cwd(),
     )

@@ -7,6 +7,7 @@ bundle manifest; :meth:`Head.from_tensors` rebuilds it exactly, checking every s
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -18,26 +19,27 @@ class HeadShapeError(ValueError):
     """Saved head tensors are missing or have the wrong shapes."""
 
 
-class Head(nn.Module):
+class Head(nn.Module, ABC):
     """Base of all heads: a type name, the class count and (de)serialisation."""
 
     head_type: ClassVar[str]
     tensor_names: ClassVar[tuple[str, ...]]
 
     @property
+    @abstractmethod
     def num_classes(self) -> int:
-        raise NotImplementedError
+        """How many classes the logits cover."""
 
     def hparams(self) -> dict[str, float]:
         """Scalar settings that are not tensors (saved in the bundle manifest)."""
         return {}
 
     @classmethod
+    @abstractmethod
     def from_tensors(
         cls, tensors: Mapping[str, torch.Tensor], hparams: Mapping[str, float]
     ) -> Head:
         """Rebuild the head saved as ``state_dict`` tensors plus :meth:`hparams`."""
-        raise NotImplementedError
 
     @classmethod
     def _require(cls, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -54,11 +56,10 @@ def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> Non
         raise HeadShapeError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected {shape}")
 
 
-class ZeroShotHead(Head):
-    """``logits = scale * cos(image, class)`` against fixed class embeddings ``[C, D]``."""
+class _TextAnchoredHead(Head):
+    """A head that scores against fixed class text embeddings ``[C, D]`` with a logit
+    scale, as zero-shot CLIP does; the adapters add their learnt parts around that."""
 
-    head_type = "zero_shot"
-    tensor_names = ("class_weights", "logit_scale")
     class_weights: torch.Tensor
     logit_scale: torch.Tensor
 
@@ -67,12 +68,23 @@ class ZeroShotHead(Head):
         self.register_buffer("class_weights", class_weights.detach().clone().float())
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
 
-    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * image_embeddings @ self.class_weights.T
-
     @property
     def num_classes(self) -> int:
         return int(self.class_weights.shape[0])
+
+    def zero_shot_logits(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """``scale * cos(image, class)`` for L2-normalised embeddings."""
+        return self.logit_scale * image_embeddings @ self.class_weights.T
+
+
+class ZeroShotHead(_TextAnchoredHead):
+    """``logits = scale * cos(image, class)`` against fixed class embeddings ``[C, D]``."""
+
+    head_type = "zero_shot"
+    tensor_names = ("class_weights", "logit_scale")
+
+    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.zero_shot_logits(image_embeddings)
 
     @classmethod
     def from_tensors(
@@ -117,14 +129,12 @@ class LinearHead(Head):
         return cls(tensors["weight"], tensors["bias"])
 
 
-class AdapterHead(Head):
+class AdapterHead(_TextAnchoredHead):
     """CLIP-Adapter (Gao et al. 2021): a residual bottleneck MLP on the image embedding,
     ``x' = normalise(ratio * mlp(x) + (1 - ratio) * x)``, then the zero-shot head."""
 
     head_type = "clip_adapter"
     tensor_names = ("down.weight", "up.weight", "class_weights", "logit_scale")
-    class_weights: torch.Tensor
-    logit_scale: torch.Tensor
 
     def __init__(
         self,
@@ -134,23 +144,17 @@ class AdapterHead(Head):
         reduction: int = 4,
         ratio: float = 0.2,
     ) -> None:
-        super().__init__()
+        super().__init__(class_weights, logit_scale)
         dim = class_weights.shape[1]
         hidden = max(1, dim // reduction)
         self.down = nn.Linear(dim, hidden, bias=False)
         self.up = nn.Linear(hidden, dim, bias=False)
         self.ratio = float(ratio)
-        self.register_buffer("class_weights", class_weights.detach().clone().float())
-        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
 
     def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         adapted = torch.relu(self.up(torch.relu(self.down(image_embeddings))))
         mixed = self.ratio * adapted + (1.0 - self.ratio) * image_embeddings
-        return self.logit_scale * nn.functional.normalize(mixed, dim=-1) @ self.class_weights.T
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.class_weights.shape[0])
+        return self.zero_shot_logits(nn.functional.normalize(mixed, dim=-1))
 
     def hparams(self) -> dict[str, float]:
         return {"ratio": self.ratio}
@@ -172,7 +176,7 @@ class AdapterHead(Head):
         return head
 
 
-class TipAdapterHead(Head):
+class TipAdapterHead(_TextAnchoredHead):
     """Tip-Adapter (Zhang et al. 2022): zero-shot logits plus a cache model over the
     training embeddings, ``alpha * exp(-beta * (1 - x @ keys.T)) @ values``.
 
@@ -183,8 +187,6 @@ class TipAdapterHead(Head):
     head_type = "tip_adapter"
     tensor_names = ("cache_keys", "cache_values", "class_weights", "logit_scale")
     cache_values: torch.Tensor
-    class_weights: torch.Tensor
-    logit_scale: torch.Tensor
 
     def __init__(
         self,
@@ -196,23 +198,18 @@ class TipAdapterHead(Head):
         alpha: float = 1.0,
         beta: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(class_weights, logit_scale)
         classes, dim = class_weights.shape
         _check_shape("cache_keys", cache_keys, (cache_keys.shape[0], dim))
         _check_shape("cache_values", cache_values, (cache_keys.shape[0], classes))
         self.cache_keys = nn.Parameter(cache_keys.detach().clone().float())
         self.register_buffer("cache_values", cache_values.detach().clone().float())
-        self.register_buffer("class_weights", class_weights.detach().clone().float())
-        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
         self.alpha = float(alpha)
         self.beta = float(beta)
 
     def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         cache = self.cache_logits(self.affinity(image_embeddings), self.beta)
         return self.zero_shot_logits(image_embeddings) + self.alpha * cache
-
-    def zero_shot_logits(self, image_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * image_embeddings @ self.class_weights.T
 
     def affinity(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine similarity to every cache key, ``[N, K]``."""
@@ -221,10 +218,6 @@ class TipAdapterHead(Head):
     def cache_logits(self, affinity: torch.Tensor, beta: float) -> torch.Tensor:
         """The cache model's class scores for precomputed :meth:`affinity` values."""
         return torch.exp(-beta * (1.0 - affinity)) @ self.cache_values
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.class_weights.shape[0])
 
     def hparams(self) -> dict[str, float]:
         return {"alpha": self.alpha, "beta": self.beta}

@@ -4,7 +4,7 @@ MLflow and W&B are imported only when a run starts, so importing this package is
 """
 
 from clip_har.tracking.base import NullTracker, Tracker, TrackingError, flatten
-from clip_har.tracking.fanout import BACKENDS, FanOutTracker, create_tracker
+from clip_har.tracking.fanout import BACKENDS, FanOutTracker, create_tracker, parse_backends
 from clip_har.tracking.lineage import run_params, run_tags, system_info
 from clip_har.tracking.mlflow_backend import MLflowTracker
 from clip_har.tracking.wandb_backend import WandbTracker
@@ -19,6 +19,7 @@ __all__ = [
     "WandbTracker",
     "create_tracker",
     "flatten",
+    "parse_backends",
     "run_params",
     "run_tags",
     "system_info",

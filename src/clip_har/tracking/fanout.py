@@ -69,6 +69,11 @@ class FanOutTracker(Tracker):
         self._each("finish", lambda t: t.finish(status))
 
 
+def parse_backends(text: str) -> list[str]:
+    """``"mlflow, wandb"`` (the ``--tracking`` / ``train.tracking`` form) -> backend names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def create_tracker(
     backends: Sequence[str], *, experiment: str, strict: bool = False, root: Path = Path()
 ) -> Tracker:

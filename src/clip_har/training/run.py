@@ -20,7 +20,7 @@ from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.bundle import Bundle, EncoderDelta, save_bundle
 from clip_har.models.classifier import HARClassifier, TextEmbeddingCache
 from clip_har.models.prompts import load_prompt_set
-from clip_har.tracking import NullTracker, create_tracker, run_tags
+from clip_har.tracking import NullTracker, create_tracker, parse_backends, run_tags
 from clip_har.training.distributed import DistContext, barrier, local_context
 from clip_har.training.features import EmbedStats, FeatureStore, default_store_root
 from clip_har.training.finetune import E2E_STRATEGIES, FinetuneOptions, finetune
@@ -232,7 +232,7 @@ def run_training(
     data_version = _data_version(data)
     tracker = (
         create_tracker(
-            [b.strip() for b in train.tracking.split(",") if b.strip()],
+            parse_backends(train.tracking),
             experiment=train.experiment,
             strict=strict_tracking,
             root=Path.cwd(),
