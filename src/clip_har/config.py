@@ -106,6 +106,35 @@ class PredictSettings(_Section):
     top_k: int = Field(5, ge=1)
 
 
+class ParityLimit(_Section):
+    """The parity gate for one precision: worst probability difference and top-1 agreement
+    with torch fp32 that an artifact may show and still be served."""
+
+    max_abs_diff: float = Field(ge=0)
+    top1_agreement: float = Field(ge=0, le=1)
+
+
+class ParitySettings(_Section):
+    """Parity gates by precision."""
+
+    fp32: ParityLimit = ParityLimit(max_abs_diff=1e-4, top1_agreement=1.0)
+    int8: ParityLimit = ParityLimit(max_abs_diff=0.05, top1_agreement=0.9)
+    fp16: ParityLimit = ParityLimit(max_abs_diff=0.01, top1_agreement=0.98)
+
+
+class ExportSettings(_Section):
+    """Export formats and their parity gates."""
+
+    formats: str = Field(
+        "onnx,onnx-opt,onnx-int8,torchscript,text-onnx", description="Comma-separated formats."
+    )
+    opset: int = Field(17, ge=17, description="ONNX opset.")
+    parity_images: int = Field(32, ge=1, description="Images each artifact is checked on.")
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_images: int = Field(64, ge=1, description="Images for static int8 ranges.")
+    parity: ParitySettings = ParitySettings()
+
+
 class Settings(BaseSettings):
     """All settings of clip-har."""
 
@@ -125,6 +154,7 @@ class Settings(BaseSettings):
     split: SplitSettings = SplitSettings()
     train: TrainSettings = TrainSettings()
     predict: PredictSettings = PredictSettings()
+    export: ExportSettings = ExportSettings()
 
     @classmethod
     def settings_customise_sources(

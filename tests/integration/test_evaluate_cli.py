@@ -115,7 +115,7 @@ def test_unavailable_sources_and_formats_are_clear_errors(
     registry = cli(root, clip_har_cache, *base, "-b", "models:/har@prod")
     assert registry.returncode == 1 and "model registry" in registry.stderr
     onnx = cli(root, clip_har_cache, *base, "-b", "zs-actions", "--format", "onnx")
-    assert onnx.returncode == 1 and "format 'onnx'" in onnx.stderr
+    assert onnx.returncode == 1 and "no 'onnx' export" in onnx.stderr
     split = cli(root, clip_har_cache, *base, "-b", "zs-actions", "--split", "holdout")
     assert split.returncode == 1 and "no rows in split 'holdout'" in split.stderr
     missing = cli(root, clip_har_cache, "evaluate", "compare", "eval-a", "nowhere", "-o", "c")

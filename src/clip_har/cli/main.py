@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from clip_har import __version__
 from clip_har.cli import bundle, data, evaluate, train
+from clip_har.cli.export import export
 from clip_har.cli.common import configure_logging, err_console
 from clip_har.cli.predict import predict
 from clip_har.errors import ClipHarError
@@ -25,6 +26,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
 app.command("predict")(predict)
+app.command("export")(export)
 
 
 def _version(value: bool) -> None:

@@ -11,6 +11,7 @@ from clip_har.cli.common import ProgressBar, console, drop_none, err_console, se
 from clip_har.cli.output import OutputFormat, to_csv, to_json, to_table, write_results
 from clip_har.config import Settings
 from clip_har.errors import ClipHarError
+from clip_har.inference.engines import EngineOptions
 from clip_har.inference.inputs import collect_inputs
 from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
 from clip_har.models.prompts import load_class_names, load_prompt_set, validate_class_names
@@ -37,6 +38,12 @@ def predict(
         None, "--output", "-o", help="Also write results to a .csv or .json file."
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    engine: str = typer.Option(
+        "torch", "--engine", "-e", help="torch, or a bundle export: onnx, onnx-int8, ..."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Use an export even if it failed its parity gate."
+    ),
     skip_errors: bool = typer.Option(
         False, "--skip-errors", help="Exit 0 even when some files could not be read."
     ),
@@ -53,7 +60,11 @@ def predict(
     if not collected.paths:
         raise ClipHarError("no input images found")
 
-    predictor = _make_predictor(settings, bundle, model, labels, prompts)
+    if engine != "torch" and bundle is None:
+        raise ClipHarError(f"--engine {engine} runs a bundle's export: pass --bundle")
+    predictor = _make_predictor(
+        settings, bundle, model, labels, prompts, EngineOptions(force=force), engine
+    )
     results = _run(predictor, collected.paths)
 
     title = escape(f"{len(collected.paths)} images — model: {predictor.model_label}")
@@ -83,6 +94,8 @@ def _make_predictor(
     model: str | None,
     labels: str | None,
     prompts: str | None,
+    engine_options: EngineOptions,
+    engine: str,
 ) -> Predictor:
     options = PredictOptions(
         top_k=settings.predict.top_k,
@@ -94,7 +107,7 @@ def _make_predictor(
     prompt_set = load_prompt_set(prompts) if prompts else None
     with err_console.status("loading model…"):
         if bundle is not None:
-            predictor = Predictor.from_bundle(bundle, options=options)
+            predictor = Predictor.from_bundle(bundle, engine, options, engine_options)
             return predictor.with_labels(label_list, prompt_set) if label_list else predictor
         return Predictor.from_model(
             model or settings.model.spec,

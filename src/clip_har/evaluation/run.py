@@ -73,15 +73,7 @@ def _open_predictor(bundle: str, format: str, batch_size: int) -> Predictor:
             f"{bundle}: registry references (models:/NAME@ALIAS) need the model registry, "
             "which is not part of clip-har yet; pass a bundle directory"
         )
-    try:
-        return Predictor.from_bundle(bundle, format, PredictOptions(batch_size=batch_size))
-    except ClipHarError as exc:
-        if format != "torch" and "unknown engine format" in str(exc):
-            raise ClipHarError(
-                f"format '{format}' has no engine yet (exports arrive with the Export work); "
-                "use --format torch"
-            ) from None
-        raise
+    return Predictor.from_bundle(bundle, format, PredictOptions(batch_size=batch_size))
 
 
 def _predict(

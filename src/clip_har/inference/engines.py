@@ -1,13 +1,17 @@
 """Contract 5 — engines: ``Engine.predict(pixels) -> probabilities`` for every runtime.
 
 An engine takes preprocessed pixels ``[N, 3, H, W]`` (float32) and returns class
-probabilities ``[N, C]``. Engines are created by format name from a bundle, so
-new runtimes (onnx, torchscript, tensorrt) register here without touching callers.
+probabilities ``[N, C]``. Engines are created by format name from a bundle: ``torch``
+runs the bundle's classifier eagerly; every other format runs an artifact that
+``clip-har export`` wrote into the bundle, verified by its sha256 and parity gate
+before it is loaded. Runtime libraries are imported only when their format is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -15,8 +19,12 @@ import torch
 
 from clip_har.errors import ClipHarError
 from clip_har.models.backbone import Backbone
-from clip_har.models.bundle import Bundle
+from clip_har.models.bundle import Bundle, ExportRecord
 from clip_har.models.classifier import HARClassifier
+
+ONNX_FORMATS = ("onnx", "onnx-opt", "onnx-int8", "onnx-int8-static", "onnx-fp16")
+IMAGE_FORMATS = ("torch", *ONNX_FORMATS, "torchscript", "tensorrt")
+TEXT_FORMAT = "text-onnx"
 
 
 class Engine(Protocol):
@@ -25,6 +33,21 @@ class Engine(Protocol):
     format: str
 
     def predict(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Runtime settings shared by every engine."""
+
+    threads: int | None = None  # intra-op threads; None = the runtime's default (all cores)
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    force: bool = False  # accept exports that failed (or never ran) their parity gate
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ClipHarError(f"threads must be at least 1, got {self.threads}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ClipHarError(f"device must be cpu, cuda or cuda:N, got '{self.device}'")
 
 
 class TorchEngine:
@@ -40,25 +63,60 @@ class TorchEngine:
         self.device = torch.device(device)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> TorchEngine:
+    def from_bundle(cls, bundle: Bundle, options: EngineOptions | None = None) -> TorchEngine:
+        options = options or EngineOptions()
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
         backbone = bundle.load_backbone()
-        return cls(bundle.load_classifier(backbone), backbone)
+        return cls(bundle.load_classifier(backbone), backbone, options.device)
 
     @torch.inference_mode()
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
-        probs: np.ndarray = self.classifier(batch).softmax(dim=-1).cpu().numpy()
+        probs: np.ndarray = self.classifier(batch).softmax(dim=-1).float().cpu().numpy()
         return probs
 
 
-EngineFactory = Callable[[Bundle], Engine]
-
-ENGINES: dict[str, EngineFactory] = {TorchEngine.format: TorchEngine.from_bundle}
+ArtifactFactory = Callable[[Path, ExportRecord, EngineOptions], Engine]
 
 
-def create_engine(bundle: Bundle, format: str = "torch") -> Engine:
+def _onnx(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
+    from clip_har.inference.onnx_engine import OnnxEngine
+
+    return OnnxEngine(path, record.format, threads=options.threads, device=options.device)
+
+
+def _torchscript(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
+    from clip_har.inference.torchscript_engine import TorchScriptEngine
+
+    return TorchScriptEngine(path, threads=options.threads, device=options.device)
+
+
+def _tensorrt(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
+    from clip_har.inference.tensorrt_engine import TensorRTEngine
+
+    index = int(options.device.partition(":")[2] or 0)
+    return TensorRTEngine(path, device=index)
+
+
+ARTIFACT_ENGINES: dict[str, ArtifactFactory] = {
+    **dict.fromkeys(ONNX_FORMATS, _onnx),
+    "torchscript": _torchscript,
+    "tensorrt": _tensorrt,
+}
+
+
+def create_engine(
+    bundle: Bundle, format: str = "torch", options: EngineOptions | None = None
+) -> Engine:
     """The engine for ``format`` over ``bundle``; unknown formats list the known ones."""
-    factory = ENGINES.get(format)
+    options = options or EngineOptions()
+    if format == TorchEngine.format:
+        return TorchEngine.from_bundle(bundle, options)
+    factory = ARTIFACT_ENGINES.get(format)
     if factory is None:
-        raise ClipHarError(f"unknown engine format '{format}' (available: {', '.join(ENGINES)})")
-    return factory(bundle)
+        raise ClipHarError(
+            f"unknown engine format '{format}' (available: {', '.join(IMAGE_FORMATS)})"
+        )
+    path, record = bundle.export_file(format, force=options.force)
+    return factory(path, record, options)

@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clip_har.data.hashing import file_sha256
 from clip_har.errors import ClipHarError
-from clip_har.inference.engines import Engine, TorchEngine, create_engine
+from clip_har.inference.engines import (
+    TEXT_FORMAT,
+    Engine,
+    EngineOptions,
+    TorchEngine,
+    create_engine,
+)
 from clip_har.inference.preprocess import ImageConfig, ImageLoadError, Preprocessor, load_image
 from clip_har.models.backbone import Backbone, load_backbone
-from clip_har.models.bundle import open_bundle
+from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.models.classifier import TextEmbeddingCache, build_zero_shot_classifier
 from clip_har.models.prompts import PromptSet, load_prompt_set
 
@@ -69,6 +76,50 @@ class OpenVocabulary:
         return TorchEngine(classifier, self.backbone)
 
 
+class OnnxOpenVocabulary:
+    """Open vocabulary without PyTorch: the exported text encoder scores new labels against
+    the embeddings output of an exported image model."""
+
+    def __init__(self, image: Engine, bundle: Bundle, options: EngineOptions) -> None:
+        from clip_har.inference.onnx_engine import OnnxEngine, OnnxTextEncoder
+
+        if not isinstance(image, OnnxEngine):
+            raise ClipHarError(f"the '{image.format}' engine has no ONNX embeddings output")
+        path, record = bundle.export_file(TEXT_FORMAT, force=options.force)
+        details = record.details
+        tokenizer = bundle.directory / str(details["tokenizer"])
+        if not tokenizer.is_file() or file_sha256(tokenizer) != details["tokenizer_sha256"]:
+            raise ClipHarError(
+                f"{tokenizer}: missing or changed since export (sha256 mismatch); re-run "
+                f"`clip-har export {bundle.directory} --formats {TEXT_FORMAT}`"
+            )
+        self.image = image
+        self.prompts = bundle.manifest.prompts
+        self.logit_scale = float(details["logit_scale"])
+        self.encoder = OnnxTextEncoder(
+            path,
+            tokenizer,
+            max_length=int(details["max_length"]),
+            pad_id=int(details["pad_id"]),
+            pad_to_max_length=bool(details["pad_to_max_length"]),
+            threads=options.threads,
+        )
+
+    def engine_for(self, labels: Sequence[str], prompts: PromptSet | None = None) -> Engine:
+        from clip_har.inference.onnx_engine import (
+            OnnxEngine,
+            OnnxZeroShotEngine,
+            class_text_weights,
+        )
+
+        assert isinstance(self.image, OnnxEngine)
+        weights = class_text_weights(self.encoder, labels, prompts or self.prompts)
+        return OnnxZeroShotEngine(self.image, weights, self.logit_scale)
+
+
+Vocabulary = OpenVocabulary | OnnxOpenVocabulary
+
+
 class Predictor:
     """Predict action labels for images, files or folders."""
 
@@ -79,7 +130,7 @@ class Predictor:
         class_names: Sequence[str],
         *,
         options: PredictOptions | None = None,
-        vocabulary: OpenVocabulary | None = None,
+        vocabulary: Vocabulary | None = None,
         model_label: str = "unknown model",
     ) -> None:
         self.engine = engine
@@ -97,12 +148,18 @@ class Predictor:
         directory: str | Path,
         format: str = "torch",
         options: PredictOptions | None = None,
+        engine_options: EngineOptions | None = None,
     ) -> Predictor:
-        """Load a bundle with the engine for ``format``."""
+        """Load a bundle with the engine for ``format``. Open-vocabulary labels work with
+        the torch engine, and with ONNX engines when the bundle has a text-onnx export."""
         bundle = open_bundle(directory)
-        engine = create_engine(bundle, format)
-        backbone = getattr(engine, "backbone", None)
-        vocabulary = OpenVocabulary(backbone, bundle.manifest.prompts) if backbone else None
+        engine_options = engine_options or EngineOptions()
+        engine = create_engine(bundle, format, engine_options)
+        vocabulary: Vocabulary | None = None
+        if isinstance(engine, TorchEngine) and engine.backbone is not None:
+            vocabulary = OpenVocabulary(engine.backbone, bundle.manifest.prompts)
+        elif format.startswith("onnx") and TEXT_FORMAT in bundle.manifest.exports:
+            vocabulary = OnnxOpenVocabulary(engine, bundle, engine_options)
         info = bundle.manifest.backbone
         return cls(
             engine,
@@ -142,8 +199,9 @@ class Predictor:
         """Open vocabulary: the same model over new labels, built at run time."""
         if self.vocabulary is None:
             raise ClipHarError(
-                f"open-vocabulary labels need the torch engine with its backbone; this predictor "
-                f"uses the '{self.engine.format}' engine"
+                f"open-vocabulary labels need the torch engine, or an ONNX engine with a "
+                f"'{TEXT_FORMAT}' export in the bundle; this predictor uses the "
+                f"'{self.engine.format}' engine"
             )
         return Predictor(
             self.vocabulary.engine_for(labels, prompts),

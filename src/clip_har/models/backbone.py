@@ -40,11 +40,11 @@ class ImageEncoder(nn.Module):
         self.model: Any = model  # a transformers PreTrainedModel (untyped)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        features = _pooled(self.model.get_image_features(pixel_values=pixels))
+        features = pooled_output(self.model.get_image_features(pixel_values=pixels))
         return nn.functional.normalize(features, dim=-1)
 
 
-def _pooled(output: Any) -> torch.Tensor:
+def pooled_output(output: Any) -> torch.Tensor:
     """``get_*_features`` returns a tensor (transformers 4) or an output object (5)."""
     if isinstance(output, torch.Tensor):
         return output
@@ -106,7 +106,7 @@ class Backbone:
         # SigLIP was trained on fixed-length padding; CLIP pools at the EOS token.
         padding = "max_length" if self.model_type.startswith("siglip") else True
         tokens = self.tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
-        features = _pooled(self.model.get_text_features(**tokens))
+        features = pooled_output(self.model.get_text_features(**tokens))
         return nn.functional.normalize(features, dim=-1)
 
 

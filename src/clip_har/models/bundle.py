@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clip_har import __version__
+from clip_har.data.hashing import file_sha256
 from clip_har.errors import BundleError
 from clip_har.inference.preprocess import ImageConfig
 from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
@@ -46,6 +47,7 @@ MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 BACKBONE_DIR = "backbone"
+EXPORTS_DIR = "exports"
 
 
 class _Strict(BaseModel):
@@ -83,6 +85,36 @@ class EncoderDelta:
     tensors: dict[str, torch.Tensor]
 
 
+class ParityInfo(_Strict):
+    """How an exported artifact compares with torch fp32 on the same images."""
+
+    images: int = Field(gt=0)
+    real_photos: bool
+    max_abs_diff: float = Field(ge=0)
+    top1_agreement: float = Field(ge=0, le=1)
+    max_abs_diff_limit: float = Field(ge=0)
+    agreement_floor: float = Field(ge=0, le=1)
+    passed: bool
+
+
+class ExportRecord(_Strict):
+    """One exported artifact: where it is, its hash, and whether it passed the parity gate."""
+
+    format: str
+    file: str  # relative to the bundle directory
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+    precision: Literal["fp32", "fp16", "int8"]
+    opset: int | None = None
+    parity: ParityInfo | None = None
+    created_at: datetime
+    details: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is not None and self.parity.passed
+
+
 class Lineage(_Strict):
     created_at: datetime
     clip_har_version: str
@@ -104,7 +136,7 @@ class Manifest(_Strict):
     encoder: EncoderInfo | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: Lineage
-    exports: dict[str, str] = Field(default_factory=dict)
+    exports: dict[str, ExportRecord] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,41 @@ class Bundle:
     @property
     def class_names(self) -> list[str]:
         return self.manifest.class_names
+
+    def export_file(self, format: str, *, force: bool = False) -> tuple[Path, ExportRecord]:
+        """The verified file of an exported ``format``: recorded, present, unchanged (sha256)
+        and past its parity gate (``force`` accepts a failed or unchecked gate)."""
+        record = self.manifest.exports.get(format)
+        if record is None:
+            known = ", ".join(self.manifest.exports) or "none"
+            raise BundleError(
+                f"{self.directory}: no '{format}' export (exported: {known}); run "
+                f"`clip-har export {self.directory} --formats {format}`"
+            )
+        path = self.directory / record.file
+        if not path.is_file():
+            raise BundleError(f"{path}: missing, but the manifest records a '{format}' export")
+        digest = file_sha256(path)
+        if digest != record.sha256:
+            size = path.stat().st_size
+            raise BundleError(
+                f"{path}: corrupt or truncated ({size} bytes, sha256 {digest[:12]}…; the "
+                f"manifest records {record.bytes} bytes, sha256 {record.sha256[:12]}…). "
+                f"Re-run `clip-har export {self.directory} --formats {format}`."
+            )
+        if not record.passed and not force:
+            reason = "has no parity result" if record.parity is None else "failed its parity gate"
+            raise BundleError(
+                f"{path}: the '{format}' export {reason}"
+                + (
+                    f" (max |Δp| {record.parity.max_abs_diff:.2e}, top-1 agreement "
+                    f"{record.parity.top1_agreement:.1%})"
+                    if record.parity is not None
+                    else ""
+                )
+                + "; refusing to use it (force it to override)"
+            )
+        return path, record
 
     def load_backbone(self, cache_dir: Path | None = None) -> Backbone:
         """The bundle's own backbone copy if it has one, else the recorded spec + revision."""
@@ -228,6 +295,18 @@ def open_bundle(directory: str | Path) -> Bundle:
     if manifest.backbone.embedded and not (directory / BACKBONE_DIR).is_dir():
         raise BundleError(f"{directory / BACKBONE_DIR}: missing but 'backbone.embedded' is true")
     return Bundle(directory, manifest)
+
+
+def record_exports(bundle: Bundle, records: list[ExportRecord]) -> Bundle:
+    """Add (or replace) export records in the manifest, rewriting it atomically."""
+    exports = dict(bundle.manifest.exports)
+    exports.update({record.format: record for record in records})
+    manifest = bundle.manifest.model_copy(update={"exports": exports})
+    path = bundle.directory / MANIFEST
+    staging = path.with_name(f".{MANIFEST}.tmp")
+    staging.write_text(manifest.model_dump_json(indent=2) + "\n")
+    staging.replace(path)
+    return open_bundle(bundle.directory)
 
 
 def save_bundle(
