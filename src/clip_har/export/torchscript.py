@@ -20,6 +20,6 @@ def export_torchscript(classifier: HARClassifier, path: Path, sample: torch.Tens
         torch.no_grad(),
         warnings.catch_warnings(),
     ):
-        warnings.simplefilter("ignore")  # tracer warnings about shape asserts in HF code
+        warnings.simplefilter("ignore")  # tracer warnings; torch.jit's deprecation in 2.13
         traced = torch.jit.trace(module, (sample,), check_trace=False)  # type: ignore[no-untyped-call]
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))

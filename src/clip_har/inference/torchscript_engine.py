@@ -3,6 +3,7 @@ needs neither transformers nor the bundle's Python classes to run."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ class TorchScriptEngine:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         try:
-            self.module = torch.jit.load(  # type: ignore[no-untyped-call]
-                str(path), map_location=self.device
-            ).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in torch 2.13
+                self.module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(path), map_location=self.device
+                ).eval()
         except (RuntimeError, ValueError) as exc:
             raise ClipHarError(f"{path}: not a loadable TorchScript archive: {exc}") from None
 
