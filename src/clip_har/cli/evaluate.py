@@ -25,7 +25,9 @@ def evaluate(
         None, "--data", "-d", help="Manifest folder (from data import|validate|split)."
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate, or 'all'."),
-    format: str = typer.Option("torch", "--format", help="Engine: torch, or an export (onnx, onnx-int8, ...)."),
+    format: str = typer.Option(
+        "torch", "--format", help="Engine: torch, or an export (onnx, onnx-int8, ...)."
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the results."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples."),

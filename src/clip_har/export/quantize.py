@@ -68,8 +68,9 @@ class _PixelReader:
 def quantize_static_int8(
     source: Path, target: Path, pixels: np.ndarray, method: CalibrationName = "minmax"
 ) -> dict[str, str | int | bool]:
-    """int8 QDQ (weights per channel, activations per tensor) with activation ranges
-    calibrated on ``pixels`` by MinMax, Entropy or Percentile."""
+    """Symmetric int8 QDQ (weights per channel, activations per tensor) with activation
+    ranges calibrated on ``pixels`` by MinMax, Entropy or Percentile; TensorRT builds this
+    graph as explicit quantization."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -96,10 +97,16 @@ def quantize_static_int8(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate,
-            extra_options={"DefaultTensorType": _FLOAT, "MatMulConstBOnly": True},
+            extra_options={
+                "DefaultTensorType": _FLOAT,
+                "MatMulConstBOnly": True,
+                # symmetric signed int8 everywhere: the only Q/DQ form TensorRT builds
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+            },
         )
     return {"method": "static-qdq", "calibration": method, "calibration_images": len(pixels)}
 
