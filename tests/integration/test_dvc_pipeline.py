@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +19,8 @@ from clip_har.data import version
 from clip_har.data.hashing import file_digest
 from clip_har.data.manifest import read_manifest
 from clip_har.data.versioning import DataVersionError
+from clip_har.export.run import parse_formats
+from clip_har.models.bundle import open_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,7 +57,7 @@ def dvc(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def ran_stages(log: str) -> set[str]:
-    stages = ("import", "validate", "split", "embed", "train", "evaluate")
+    stages = ("import", "validate", "split", "embed", "train", "evaluate", "export")
     return {stage for stage in stages if f"Running stage '{stage}'" in log}
 
 
@@ -65,6 +68,11 @@ def files_under(root: Path, *folders: str) -> dict[str, bytes]:
         for path in sorted((root / folder).rglob("*"))
         if path.is_file() and path.name != ".gitignore"
     }
+
+
+def params_of(repo: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((repo / "params.yaml").read_text())
+    return loaded
 
 
 def make_project(repo: Path, env: dict[str, str]) -> None:
@@ -98,7 +106,13 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     sh("git", "commit", "--quiet", "-m", "data", cwd=repo, env=env)
 
     first = dvc("repro", cwd=repo, env=env)
-    assert ran_stages(first) == {"import", "validate", "split", "embed", "train", "evaluate"}
+    assert ran_stages(first) == {
+        "import", "validate", "split", "embed", "train", "evaluate", "export"
+    }  # fmt: skip
+    exported = open_bundle(repo / "models" / "exported").manifest.exports
+    assert set(exported) == set(parse_formats(params_of(repo)["export"]["formats"]))
+    assert all(r.passed and r.parity and r.parity.real_photos for r in exported.values())
+    assert not (repo / "models" / "bundle" / "exports").exists()
     metrics = dvc("metrics", "show", cwd=repo, env=env)
     assert "val_accuracy" in metrics and "f1_macro" in metrics
     plots = dvc("plots", "show", "--out", "plots", cwd=repo, env=env)
@@ -122,7 +136,7 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     assert ran_stages(reseeded) == {"split"}
     assert "Stage 'import' didn't change" in reseeded
     downstream = dvc("repro", cwd=repo, env=env)
-    assert ran_stages(downstream) == {"embed", "train", "evaluate"}
+    assert ran_stages(downstream) == {"embed", "train", "evaluate", "export"}
 
     remote = tmp_path / "remote"
     added = run_cli("data", "remote", "add", "store", str(remote), cwd=repo, env=env)

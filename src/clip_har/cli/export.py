@@ -34,10 +34,14 @@ def export(
     opset: int | None = typer.Option(None, "--opset", min=17),
     tensorrt_precision: str = typer.Option("fp16", "--tensorrt-precision", help="fp16 or int8."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Runtime threads."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Export into a copy of BUNDLE here (BUNDLE is untouched)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --output."),
 ) -> None:
     """Export BUNDLE into BUNDLE/exports, check every artifact against torch fp32 and record
     it in the manifest. Exits 1 if a format could not be exported or failed its gate."""
-    from clip_har.export.run import ExportOptions, export_bundle
+    from clip_har.export.run import ExportOptions, copy_bundle, export_bundle
 
     if tensorrt_precision not in ("fp16", "int8"):
         raise ClipHarError(f"--tensorrt-precision must be fp16 or int8, not '{tensorrt_precision}'")
@@ -57,6 +61,8 @@ def export(
         tensorrt_precision=tensorrt_precision,
         threads=threads,
     )
+    if output is not None:
+        bundle = copy_bundle(bundle, output, overwrite=force)
     with err_console.status("loading the bundle") as status:
 
         def progress(name: str, done: int, total: int) -> None:

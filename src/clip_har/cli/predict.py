@@ -51,6 +51,8 @@ def predict(
     """Predict the action in each image. Exit code 2 when some files failed."""
     if bundle is not None and model is not None:
         raise ClipHarError("use either --bundle or --model, not both")
+    if engine != "torch" and bundle is None:
+        raise ClipHarError(f"--engine {engine} runs a bundle's export: pass --bundle")
     settings = settings_from(
         ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
     )
@@ -60,8 +62,6 @@ def predict(
     if not collected.paths:
         raise ClipHarError("no input images found")
 
-    if engine != "torch" and bundle is None:
-        raise ClipHarError(f"--engine {engine} runs a bundle's export: pass --bundle")
     predictor = _make_predictor(
         settings, bundle, model, labels, prompts, EngineOptions(force=force), engine
     )

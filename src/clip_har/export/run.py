@@ -335,6 +335,25 @@ def export_bundle(
     return summary
 
 
+def copy_bundle(source: str | Path, target: Path, *, overwrite: bool = False) -> Path:
+    """Copy a bundle without its exports (for a pipeline stage that must not modify its
+    input); the copy appears complete or not at all."""
+    bundle = open_bundle(source)
+    if target.exists() and not overwrite:
+        raise ClipHarError(f"{target} already exists (use --force to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        shutil.copytree(bundle.directory, staging / "b", ignore=shutil.ignore_patterns(EXPORTS_DIR))
+        record_exports(open_bundle(staging / "b"), [], replace=True)
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / "b").rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def _export_one(exporter: _Exporter, name: str, exports: Path) -> ExportRecord:
     started = time.perf_counter()
     target = exports / FILES[name]

@@ -297,9 +297,10 @@ def open_bundle(directory: str | Path) -> Bundle:
     return Bundle(directory, manifest)
 
 
-def record_exports(bundle: Bundle, records: list[ExportRecord]) -> Bundle:
-    """Add (or replace) export records in the manifest, rewriting it atomically."""
-    exports = dict(bundle.manifest.exports)
+def record_exports(bundle: Bundle, records: list[ExportRecord], *, replace: bool = False) -> Bundle:
+    """Add (or replace) export records in the manifest, rewriting it atomically;
+    ``replace`` drops every earlier record first."""
+    exports = {} if replace else dict(bundle.manifest.exports)
     exports.update({record.format: record for record in records})
     manifest = bundle.manifest.model_copy(update={"exports": exports})
     path = bundle.directory / MANIFEST
