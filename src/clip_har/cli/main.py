@@ -10,8 +10,9 @@ from rich.markup import escape
 
 from clip_har import __version__
 from clip_har.cli import bundle, data, evaluate, train
-from clip_har.cli.export import export
+from clip_har.cli.benchmark import benchmark
 from clip_har.cli.common import configure_logging, err_console
+from clip_har.cli.export import export
 from clip_har.cli.predict import predict
 from clip_har.errors import ClipHarError
 
@@ -27,6 +28,7 @@ app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
 app.command("predict")(predict)
 app.command("export")(export)
+app.command("benchmark")(benchmark)
 
 
 def _version(value: bool) -> None:

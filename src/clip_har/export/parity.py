@@ -24,6 +24,7 @@ def check_parity(
     finite = bool(np.isfinite(candidate).all())
     diff = float(np.abs(candidate.astype(np.float64) - reference).max()) if finite else np.inf
     agreement = float((candidate.argmax(axis=1) == reference.argmax(axis=1)).mean())
+    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else None
     return ParityInfo(
         images=len(reference),
         real_photos=real_photos,
@@ -31,5 +32,6 @@ def check_parity(
         top1_agreement=agreement,
         max_abs_diff_limit=limit.max_abs_diff,
         agreement_floor=limit.top1_agreement,
+        median_margin=None if top2 is None else float(np.median(top2[:, 1] - top2[:, 0])),
         passed=finite and diff <= limit.max_abs_diff and agreement >= limit.top1_agreement,
     )

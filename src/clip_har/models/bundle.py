@@ -94,6 +94,9 @@ class ParityInfo(_Strict):
     top1_agreement: float = Field(ge=0, le=1)
     max_abs_diff_limit: float = Field(ge=0)
     agreement_floor: float = Field(ge=0, le=1)
+    # median of the reference's top-1 minus top-2 probability; near 0 means near-ties,
+    # where a tiny difference flips the top-1 (random-weight models)
+    median_margin: float | None = None
     passed: bool
 
 

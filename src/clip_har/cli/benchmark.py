@@ -1,0 +1,115 @@
+"""``clip-har benchmark``: every exported format of a bundle, timed side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from clip_har.cli.common import ProgressBar, err_console, settings_from
+from clip_har.errors import ClipHarError
+
+
+def benchmark(
+    ctx: typer.Context,
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    formats: str | None = typer.Option(
+        None,
+        "--formats",
+        help="Comma-separated formats (default: torch + every format the bundle has exported).",
+    ),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated sizes."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="Photos to time on (a folder or a data manifest); default: seeded synthetic images.",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Intra-op threads for every engine (default: all usable)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Folder for the results (default: BUNDLE/exports/benchmark)."
+    ),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed batches per format and size."),
+    min_iterations: int = typer.Option(
+        5, "--min-iterations", min=1, help="Timed batches per format and size, at least."
+    ),
+    min_seconds: float = typer.Option(
+        3.0, "--min-seconds", min=0.0, help="Timed seconds per format and size, at least."
+    ),
+    memory: bool = typer.Option(
+        True, "--memory/--no-memory", help="Measure peak RSS per format (a child process each)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Also run exports that failed (or never ran) their parity gate."
+    ),
+    tracking: str = typer.Option(
+        "none", "--tracking", help="Comma-separated: mlflow, wandb, none."
+    ),
+    strict_tracking: bool = typer.Option(
+        False, "--strict-tracking", help="Fail when a tracking backend fails (default: warn)."
+    ),
+) -> None:
+    """Latency p50/p90/p99, throughput, peak memory, file size, parity and energy per image of
+    each format x batch size; writes benchmark.json, benchmark.md and benchmark.png."""
+    from clip_har.export.benchmark import (
+        BenchmarkConfig,
+        markdown_table,
+        parse_batch_sizes,
+        run_benchmark,
+    )
+    from clip_har.inference.engines import IMAGE_FORMATS
+    from clip_har.models.bundle import open_bundle
+    from clip_har.tracking import create_tracker, parse_backends
+
+    sizes = parse_batch_sizes(batch_sizes)
+    if data is not None and not data.exists():
+        raise ClipHarError(f"--data {data}: no such file or folder")
+    opened = open_bundle(bundle)
+    if formats is None:
+        exported = [name for name in opened.manifest.exports if name in IMAGE_FORMATS]
+        chosen = ["torch", *(name for name in exported if name != "torch")]
+    else:
+        chosen = [name.strip() for name in formats.split(",") if name.strip()]
+        if not chosen:
+            raise ClipHarError(f"--formats '{formats}' names no format")
+    config = BenchmarkConfig(
+        formats=tuple(chosen),
+        batch_sizes=sizes,
+        threads=threads,
+        warmup=warmup,
+        min_iterations=min_iterations,
+        min_seconds=min_seconds,
+        device=device,
+        data=data,
+        force=force,
+        measure_memory=memory,
+    )
+    target = output if output is not None else opened.directory / "exports" / "benchmark"
+    settings = settings_from(ctx)
+    tracker = create_tracker(
+        parse_backends(tracking),
+        experiment=settings.train.experiment,
+        strict=strict_tracking,
+        root=Path.cwd(),
+    )
+    with tracker, ProgressBar("benchmarking") as bar:
+        tracker.start(
+            f"benchmark-{opened.manifest.name}",
+            params={"bundle": str(opened.directory), **config.to_dict()},
+            tags={"kind": "benchmark"},
+        )
+        result = run_benchmark(opened, config, target, progress=bar, tracker=tracker)
+    if not result.rows:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())
+        raise ClipHarError(f"no format could be benchmarked ({reasons})")
+    typer.echo(markdown_table(result.rows), nl=False)
+    for name, reason in result.skipped.items():
+        err_console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")
+    energy = result.payload["energy"]
+    if not energy["available"]:
+        err_console.print(f"energy per image unavailable: {escape(str(energy['reason']))}")
+    err_console.print(f"wrote {escape(str(target))}/ (benchmark.json, benchmark.md, benchmark.png)")
