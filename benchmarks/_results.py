@@ -11,63 +11,14 @@ always "bigger is better". ``NAME.md`` is the same content as a human table.
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from clip_har.data.report import json_safe
+from clip_har.export.benchmark import machine_info
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, core count and the versions of the libraries that decide the numbers."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 0
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": _package_version("torch"),
-        "numpy": _package_version("numpy"),
-        "pillow": _package_version("pillow"),
-        "transformers": _package_version("transformers"),
-        "onnxruntime": _package_version("onnxruntime"),
-    }
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None (strict JSON has no Infinity/NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _cell(value: Any) -> str:
@@ -139,7 +90,7 @@ def write_results(
     }
     if notes:
         payload["notes"] = notes
-    payload = _clean(payload)
+    payload = json_safe(payload)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS_DIR / f"{name}.json"
     md_path = RESULTS_DIR / f"{name}.md"

@@ -21,7 +21,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from kornia import augmentation as kaug
 from numpy.typing import NDArray
 from torch import nn
 
@@ -66,6 +65,8 @@ def build_augmentation(policy: str, size: tuple[int, int]) -> nn.Module:
     name = _check_policy(policy)
     if name == "none":
         return nn.Identity()
+    from kornia import augmentation as kaug  # 0.4 s to import: only when a policy is built
+
     if name == "light":
         return kaug.AugmentationSequential(
             kaug.RandomResizedCrop(size, scale=(0.7, 1.0), cropping_mode="resample"),

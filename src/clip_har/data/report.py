@@ -342,17 +342,18 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
 # --------------------------------------------------------------------------- files
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """JSON-ready: non-finite floats and missing values become None, numpy scalars Python."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
-        return _json_safe(float(value))
+        return json_safe(float(value))
     return _none_if_na(value)
 
 
@@ -377,7 +378,7 @@ def write_report(
     """Write ``data_report.json`` and ``data_report.html`` into ``directory`` (atomically)."""
     folder = Path(directory)
     json_path = write_text_atomic(
-        folder / JSON_FILE, json.dumps(_json_safe(report), indent=2, ensure_ascii=False) + "\n"
+        folder / JSON_FILE, json.dumps(json_safe(report), indent=2, ensure_ascii=False) + "\n"
     )
     html_path = write_text_atomic(folder / HTML_FILE, render_html(report, rejected))
     return json_path, html_path

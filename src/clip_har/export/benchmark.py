@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from clip_har import __version__
+from clip_har.data.report import json_safe
 from clip_har.errors import ClipHarError
 from clip_har.export.energy import EnergyMeter, NvmlMeter, energy_meter
 from clip_har.export.images import sample_pixels
@@ -433,7 +434,10 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "clip_har": __version__,
-        **{name: _package_version(name) for name in ("torch", "onnxruntime", "numpy")},
+        **{
+            name: _package_version(name)
+            for name in ("torch", "onnxruntime", "numpy", "pillow", "transformers")
+        },
     }
     if device.startswith("cuda"):
         if torch.cuda.is_available():
@@ -582,7 +586,7 @@ def run_benchmark(
         "energy": energy,
         "speedups_vs_torch": _speedups(rows),
     }
-    payload = _json_safe(payload)
+    payload = json_safe(payload)
     markdown = markdown_report(payload)
     result = BenchmarkResult(rows=rows, skipped=skipped, payload=payload, markdown=markdown)
     if output is not None:
@@ -650,18 +654,6 @@ def _speedups(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
         if row["format"] != REFERENCE and row["speedup_vs_torch"] is not None:
             speedups.setdefault(row["format"], {})[str(row["batch_size"])] = row["speedup_vs_torch"]
     return speedups
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
 
 
 # --- reports --------------------------------------------------------------------------------

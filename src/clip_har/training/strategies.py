@@ -12,6 +12,7 @@ import copy
 import itertools
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ from torch import nn
 from clip_har.models.classifier import TextEmbeddingCache, zero_shot_weights
 from clip_har.models.heads import AdapterHead, Head, LinearHead, TipAdapterHead, ZeroShotHead
 from clip_har.models.prompts import PromptSet
-from clip_har.training.trainer import FitResult, TrainConfig, Trainer, feature_loader
+
+if TYPE_CHECKING:  # the trainer pulls in torch.distributed (1 s): imported where it runs
+    from clip_har.training.trainer import FitResult, TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +154,8 @@ def _train(head: Head, data: FeatureData, trainer: Trainer, config: TrainConfig)
     """Fit ``head`` on the train features with the shared trainer, then load the best val
     epoch into it. The trainer works on a copy (DDP/FSDP wrap and move what they train), so
     ``head`` stays a plain CPU module; under torchrun only rank 0 receives the weights."""
+    from clip_har.training.trainer import feature_loader
+
     loader = feature_loader(
         data.train_x, data.train_y, batch_size=config.batch_size, seed=config.seed,
         dist=trainer.dist,
