@@ -183,3 +183,15 @@ def test_bad_requests_are_clear_errors(tiny_bundle: Path, tmp_path: Path) -> Non
     assert "needs calibration images" in summary.failures["onnx-int8-static"]
     with pytest.raises(BundleError, match="no 'onnx-opt' export"):
         create_engine(open_bundle(copy), "onnx-opt")
+
+
+def test_onnx_providers_missing_from_the_build_are_named(exported: Path) -> None:
+    options = EngineOptions(providers=("TensorrtExecutionProvider", "CPUExecutionProvider"))
+    with pytest.raises(ClipHarError, match="TensorrtExecutionProvider are not in this"):
+        create_engine(open_bundle(exported), "onnx", options)
+    with pytest.raises(ClipHarError, match="needs onnxruntime-gpu"):
+        create_engine(open_bundle(exported), "onnx", EngineOptions(device="cuda"))
+    cpu = EngineOptions(providers=("CPUExecutionProvider",), threads=1)
+    assert create_engine(open_bundle(exported), "onnx", cpu).predict(
+        np.zeros((1, 3, 64, 64), dtype=np.float32)
+    ).shape == (1, 15)

@@ -42,6 +42,9 @@ class EngineOptions:
     threads: int | None = None  # intra-op threads; None = the runtime's default (all cores)
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     force: bool = False  # accept exports that failed (or never ran) their parity gate
+    # ONNX Runtime providers in priority order, e.g. ("TensorrtExecutionProvider",
+    # "CUDAExecutionProvider", "CPUExecutionProvider"); empty = chosen from ``device``
+    providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -83,7 +86,13 @@ ArtifactFactory = Callable[[Path, ExportRecord, EngineOptions], Engine]
 def _onnx(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
     from clip_har.inference.onnx_engine import OnnxEngine
 
-    return OnnxEngine(path, record.format, threads=options.threads, device=options.device)
+    return OnnxEngine(
+        path,
+        record.format,
+        threads=options.threads,
+        device=options.device,
+        providers=options.providers,
+    )
 
 
 def _torchscript(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
