@@ -16,21 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from clip_har.data.report import json_safe
-from clip_har.export.benchmark import machine_info
+from clip_har.export.benchmark import machine_info, markdown_cell
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value).replace("|", "\\|")
 
 
 def _markdown(payload: dict[str, Any]) -> str:
@@ -53,7 +41,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "---|" * len(columns))
         for row in rows:
-            lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+            lines.append("| " + " | ".join(markdown_cell(row.get(c)) for c in columns) + " |")
         lines.append("")
     ratios: dict[str, Any] = payload["ratios"]
     goals: dict[str, Any] = payload["goals"]
@@ -66,7 +54,7 @@ def _markdown(payload: dict[str, Any]) -> str:
     for name in list(ratios) + [g for g in goals if g not in ratios]:
         value, goal = ratios.get(name), goals.get(name)
         met = "—" if goal is None else ("✅" if value is not None and value >= goal else "❌")
-        lines.append(f"| {name} | {_cell(value)} | {_cell(goal)} | {met} |")
+        lines.append(f"| {name} | {markdown_cell(value)} | {markdown_cell(goal)} | {met} |")
     if payload.get("notes"):
         lines += ["", "## Notes", "", str(payload["notes"])]
     return "\n".join(lines) + "\n"

@@ -675,7 +675,9 @@ _COLUMNS: list[tuple[str, str]] = [
 ]
 
 
-def _cell(value: Any) -> str:
+def markdown_cell(value: Any) -> str:
+    """One Markdown table cell: ``—`` for missing, thousands separators, small floats in
+    scientific notation, pipes escaped."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -685,7 +687,9 @@ def _cell(value: Any) -> str:
             return "0"
         if abs(value) < 1e-2:
             return f"{value:.1e}"
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
     return str(value).replace("|", "\\|")
 
 
@@ -696,7 +700,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "|" + "---|" * len(_COLUMNS),
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in _COLUMNS) + " |")
+        lines.append("| " + " | ".join(markdown_cell(row.get(key)) for key, _ in _COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

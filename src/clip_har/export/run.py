@@ -37,7 +37,12 @@ from clip_har.export.quantize import (
     quantize_static_int8,
 )
 from clip_har.export.torchscript import export_torchscript
-from clip_har.inference.engines import IMAGE_FORMATS, TEXT_FORMAT
+from clip_har.inference.engines import (
+    ARTIFACT_ENGINES,
+    IMAGE_FORMATS,
+    TEXT_FORMAT,
+    EngineOptions,
+)
 from clip_har.models.bundle import (
     EXPORTS_DIR,
     Bundle,
@@ -237,7 +242,7 @@ class _Exporter:
 
     def outputs(self, format: str, path: Path) -> np.ndarray:
         """The artifact's probabilities on the parity images."""
-        engine = _artifact_engine(format, path, self.options.threads)
+        engine = ARTIFACT_ENGINES[format](path, format, EngineOptions(threads=self.options.threads))
         return np.concatenate(
             [
                 engine.predict(self.pixels[i : i + _PARITY_BATCH])
@@ -279,20 +284,6 @@ class _Exporter:
             for weights in (onnx_weights, torch_weights)
         )
         return onnx_probs, torch_probs
-
-
-def _artifact_engine(format: str, path: Path, threads: int | None) -> Any:
-    if format.startswith("onnx"):
-        from clip_har.inference.onnx_engine import OnnxEngine
-
-        return OnnxEngine(path, format, threads=threads)
-    if format == "torchscript":
-        from clip_har.inference.torchscript_engine import TorchScriptEngine
-
-        return TorchScriptEngine(path, threads=threads)
-    from clip_har.inference.tensorrt_engine import TensorRTEngine
-
-    return TensorRTEngine(path)
 
 
 def export_bundle(

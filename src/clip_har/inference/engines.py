@@ -19,7 +19,7 @@ import torch
 
 from clip_har.errors import ClipHarError
 from clip_har.models.backbone import Backbone
-from clip_har.models.bundle import Bundle, ExportRecord
+from clip_har.models.bundle import Bundle
 from clip_har.models.classifier import HARClassifier
 
 ONNX_FORMATS = ("onnx", "onnx-opt", "onnx-int8", "onnx-int8-static", "onnx-fp16")
@@ -80,28 +80,29 @@ class TorchEngine:
         return probs
 
 
-ArtifactFactory = Callable[[Path, ExportRecord, EngineOptions], Engine]
+# (artifact file, format, options) -> engine; export's parity gate uses these before recording
+ArtifactFactory = Callable[[Path, str, EngineOptions], Engine]
 
 
-def _onnx(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
+def _onnx(path: Path, format: str, options: EngineOptions) -> Engine:
     from clip_har.inference.onnx_engine import OnnxEngine
 
     return OnnxEngine(
         path,
-        record.format,
+        format,
         threads=options.threads,
         device=options.device,
         providers=options.providers,
     )
 
 
-def _torchscript(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
+def _torchscript(path: Path, format: str, options: EngineOptions) -> Engine:
     from clip_har.inference.torchscript_engine import TorchScriptEngine
 
     return TorchScriptEngine(path, threads=options.threads, device=options.device)
 
 
-def _tensorrt(path: Path, record: ExportRecord, options: EngineOptions) -> Engine:
+def _tensorrt(path: Path, format: str, options: EngineOptions) -> Engine:
     from clip_har.inference.tensorrt_engine import TensorRTEngine
 
     index = int(options.device.partition(":")[2] or 0)
@@ -127,5 +128,5 @@ def create_engine(
         raise ClipHarError(
             f"unknown engine format '{format}' (available: {', '.join(IMAGE_FORMATS)})"
         )
-    path, record = bundle.export_file(format, force=options.force)
-    return factory(path, record, options)
+    path, _ = bundle.export_file(format, force=options.force)
+    return factory(path, format, options)
