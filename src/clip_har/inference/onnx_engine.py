@@ -9,7 +9,6 @@ against text embeddings from the exported text encoder.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from clip_har.errors import ClipHarError
+from clip_har.lru import BatchLru
 from clip_har.models.prompts import PromptSet, validate_class_names
 
 IMAGE_INPUT = "pixels"
@@ -136,8 +136,7 @@ class OnnxTextEncoder:
         self.max_length = max_length
         self.pad_id = pad_id
         self.pad_to_max_length = pad_to_max_length
-        self.max_entries = max_entries
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: BatchLru[np.ndarray] = BatchLru(max_entries)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
@@ -154,15 +153,7 @@ class OnnxTextEncoder:
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised embeddings ``[M, D]``; only texts not in the cache are encoded."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            self._cache.update(zip(missing, self._encode(missing), strict=True))
-        rows = []
-        for text in texts:
-            self._cache.move_to_end(text)
-            rows.append(self._cache[text])
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
+        rows, _ = self._cache.lookup(texts, self._encode)
         return np.stack(rows)
 
 

@@ -7,13 +7,13 @@ open-vocabulary heads (new labels at run time) cheap to rebuild.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from clip_har.lru import BatchLru
 from clip_har.models.heads import Head, ZeroShotHead
 from clip_har.models.prompts import PromptSet, validate_class_names
 
@@ -48,8 +48,7 @@ class TextEmbeddingCache:
 
     def __init__(self, backbone: Backbone, max_entries: int = 8192) -> None:
         self.backbone = backbone
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._entries: BatchLru[torch.Tensor] = BatchLru(max_entries)
         self.hits = 0
         self.misses = 0
 
@@ -58,18 +57,9 @@ class TextEmbeddingCache:
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings ``[M, D]`` for ``texts``; only unseen texts reach the text encoder."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._entries))
-        if missing:
-            for text, vector in zip(missing, self.backbone.encode_text(missing), strict=True):
-                self._entries[text] = vector
-        self.misses += len(missing)
-        self.hits += len(texts) - len(missing)
-        rows = []
-        for text in texts:
-            self._entries.move_to_end(text)
-            rows.append(self._entries[text])
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        rows, missing = self._entries.lookup(texts, self.backbone.encode_text)
+        self.misses += missing
+        self.hits += len(texts) - missing
         return torch.stack(rows)
 
 
