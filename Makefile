@@ -8,8 +8,9 @@ DATA ?= ../shared/data/har/sample
 STRATEGY ?= linear-probe
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
+WORKERS ?= auto
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck imports unit bench clean
 
 install: $(VENV)/.installed
 
@@ -38,8 +39,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy src
 
-test: lint typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# the layer contract and the no-cycles contract of pyproject.toml [tool.importlinter]
+imports: install
+	$(BIN)/lint-imports
+
+test: lint typecheck imports
+	$(BIN)/python -m pytest -n $(WORKERS) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from clip_har.data.report import json_safe
 from clip_har.export.benchmark import machine_info, markdown_cell
+from clip_har.io import json_safe
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -34,8 +34,7 @@ from _results import print_ratios, write_results
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-from clip_har.inference import kernels
-from clip_har.inference.preprocess import ImageConfig, Preprocessor, load_image, to_rgb
+from clip_har.imaging import ImageConfig, Preprocessor, kernels, load_image, to_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "har" / "dev" / "images"

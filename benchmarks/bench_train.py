@@ -32,7 +32,7 @@ from torch import nn
 
 from clip_har.data.datasets import ManifestDataset, make_loader
 from clip_har.data.sources import import_source
-from clip_har.inference.preprocess import Preprocessor
+from clip_har.imaging import Preprocessor
 from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.classifier import HARClassifier, TextEmbeddingCache
 from clip_har.models.heads import LinearHead

@@ -16,10 +16,10 @@ import yaml
 from conftest import make_photo, run_cli
 
 from clip_har.data import version
-from clip_har.data.hashing import file_digest
 from clip_har.data.manifest import read_manifest
 from clip_har.data.versioning import DataVersionError
 from clip_har.export.run import parse_formats
+from clip_har.io import file_digest
 from clip_har.models.bundle import open_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,8 +14,8 @@ from conftest import make_photo
 from typer.testing import CliRunner
 
 from clip_har.cli.train_embed import embed_command
-from clip_har.data.hashing import file_sha256
 from clip_har.data.manifest import conform, read_manifest, write_manifest
+from clip_har.io import file_sha256
 from clip_har.models.backbone import Backbone
 from clip_har.training.features import STORE_FILE, FeatureStore, default_store_root
 

@@ -23,7 +23,7 @@ from clip_har.data.datasets import (
     make_loader,
 )
 from clip_har.data.manifest import conform
-from clip_har.inference.preprocess import ImageConfig, Preprocessor, load_image
+from clip_har.imaging import ImageConfig, Preprocessor, load_image
 
 SIDE = 32
 CLASSES = ["running", "sitting", "waving"]

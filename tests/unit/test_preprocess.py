@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
-from clip_har.inference.preprocess import (
+from clip_har.imaging import (
     ImageConfig,
     ImageLoadError,
     Preprocessor,
-    _fast_path_is_exact,
     load_image,
     to_rgb,
 )
+from clip_har.imaging.preprocess import _fast_path_is_exact
 
 TOLERANCE = 1e-4  # max abs difference allowed against transformers (normalised units)
 CLIP_CONFIG = ImageConfig.from_hf(CLIPImageProcessorPil().to_dict())

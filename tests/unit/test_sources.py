@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clip_har.data.hashing import file_sha256
 from clip_har.data.manifest import COLUMNS
 from clip_har.data.sources import SourceError, import_source
 from clip_har.errors import ClipHarError
+from clip_har.io import file_sha256
 
 
 def make_photo(path: Path, size: tuple[int, int] = (120, 90), seed: int = 0) -> Path:

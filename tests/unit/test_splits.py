@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from clip_har.data.duplicates import duplicate_group_ids
-from clip_har.data.hashing import file_sha256, perceptual_hash
+from clip_har.data.hashing import perceptual_hash
 from clip_har.data.manifest import conform
 from clip_har.data.splits import parse_ratios, split_manifest, targets
 from clip_har.errors import ConfigError
+from clip_har.io import file_sha256
 
 
 def synthetic_manifest(seed: int = 0) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from clip_har.data.datasets import ManifestDataset
 from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.data.sources import import_source
 from clip_har.data.splits import split_manifest
-from clip_har.inference.preprocess import Preprocessor
+from clip_har.imaging import Preprocessor
 from clip_har.models.bundle import open_bundle
 from clip_har.training.finetune import E2E_STRATEGIES, image_accuracy
 from clip_har.training.run import TrainOutcome, run_training

@@ -19,7 +19,7 @@ from clip_har.cli.common import err_console
 from clip_har.data.augment import POLICIES, Augmenter
 from clip_har.data.manifest import read_manifest
 from clip_har.errors import ClipHarError
-from clip_har.inference.preprocess import ImageConfig, Preprocessor, load_image
+from clip_har.imaging import ImageConfig, Preprocessor, load_image
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from rich.table import Table
 from clip_har.cli.common import console, err_console
 from clip_har.data.balance import HTML_FILE, JSON_FILE, SCHEMES, parse_target, render_html, resample
 from clip_har.data.manifest import read_manifest, write_manifest
-from clip_har.data.report import write_text_atomic
 from clip_har.errors import ClipHarError
+from clip_har.io import write_text_atomic
 
 
 def balance_command(

@@ -13,9 +13,10 @@ from rich.table import Table
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
 from clip_har.data.manifest import read_manifest, write_manifest
-from clip_har.data.report import write_report, write_text_atomic
+from clip_har.data.report import write_report
 from clip_har.data.validate import REASONS, REJECTED_COLUMNS, validate
 from clip_har.errors import ClipHarError
+from clip_har.io import write_text_atomic
 from clip_har.models.prompts import load_class_names, validate_class_names
 
 REJECTED_FILE = "rejected.csv"

@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from clip_har import __version__
 from clip_har.cli import bundle, data, evaluate, train
 from clip_har.cli.benchmark import benchmark
 from clip_har.cli.common import configure_logging, err_console
 from clip_har.cli.export import export
 from clip_har.cli.predict import predict
 from clip_har.errors import ClipHarError
+from clip_har.version import __version__
 
 app = typer.Typer(
     name="clip-har",

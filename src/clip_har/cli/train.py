@@ -11,8 +11,8 @@ from rich.table import Table
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
 from clip_har.cli.train_embed import embed_command
-from clip_har.data.report import write_text_atomic
 from clip_har.errors import ClipHarError
+from clip_har.io import write_text_atomic
 from clip_har.training.strategies import FEATURE_STRATEGIES
 
 STRATEGIES = (*FEATURE_STRATEGIES, "lora", "partial")

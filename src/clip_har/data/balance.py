@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from clip_har.data.manifest import conform
-from clip_har.data.report import REPORT_CSS, esc, html_table, png_base64
 from clip_har.errors import ClipHarError
+from clip_har.io import REPORT_CSS, esc, html_table, png_base64
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and resample() stay light
     import torch

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from clip_har.data.augment import Augmenter, sample_seed
 from clip_har.data.validate import DEFAULT_MAX_PIXELS
 from clip_har.errors import ClipHarError
-from clip_har.inference.preprocess import Preprocessor, load_image
+from clip_har.imaging import Preprocessor, load_image
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,8 @@ is HTML-escaped.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -24,17 +19,14 @@ import numpy as np
 import pandas as pd
 
 from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE, exact_groups, merged_groups, near_groups
+from clip_har.data.reasons import REASONS
+from clip_har.io import REPORT_CSS, esc, html_table, json_safe, png_base64, write_text_atomic
 
 __all__ = ["HTML_FILE", "JSON_FILE", "build_report", "render_html", "write_report"]
 
 JSON_FILE = "data_report.json"
 HTML_FILE = "data_report.html"
 HISTOGRAM_BINS = 20
-HTML_ROW_LIMIT = 2000  # rows per table in the page; the JSON and CSV hold everything
-
-
-def _none_if_na(value: Any) -> Any:
-    return None if value is None or value is pd.NA else value
 
 
 def _histogram(values: pd.Series) -> dict[str, list[float] | list[int]]:
@@ -50,9 +42,9 @@ def _group_record(frame: pd.DataFrame, rows: Sequence[int]) -> dict[str, Any]:
     part = frame.iloc[list(rows)]
     return {
         "paths": [str(p) for p in part["path"]],
-        "labels": [_none_if_na(v) for v in part["label"]],
-        "sha256": [_none_if_na(v) for v in part["sha256"]],
-        "phash": [_none_if_na(v) for v in part["phash"]],
+        "labels": [json_safe(v) for v in part["label"]],
+        "sha256": [json_safe(v) for v in part["sha256"]],
+        "phash": [json_safe(v) for v in part["phash"]],
     }
 
 
@@ -133,12 +125,6 @@ def build_report(
 # --------------------------------------------------------------------------- HTML
 
 
-def png_base64(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _plots(report: dict[str, Any]) -> dict[str, str]:
     """Base64 PNGs: the class histogram and the width/height histograms."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -171,47 +157,12 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def html_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], limit: int = HTML_ROW_LIMIT
-) -> str:
-    if not rows:
-        return "<p class='none'>None.</p>"
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows[:limit]
-    )
-    more = (
-        f"<p class='none'>… {len(rows) - limit} more rows (see the JSON / CSV).</p>"
-        if len(rows) > limit
-        else ""
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
 def _lines(values: Iterable[Any]) -> str:
     return "<br>".join(esc(v) for v in values)
 
 
-REPORT_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222}
-h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td{word-break:break-all}.num{text-align:right}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;
-padding:.6rem 1rem;min-width:8rem}.card b{display:block;font-size:1.5rem}
-.bad b{color:#c0392b}.none{color:#777}img{max-width:100%}
-"""
-
-
 def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) -> str:
     """A self-contained HTML page for the report (and the rejection queue, when given)."""
-    from clip_har.data.validate import REASONS
-
     plots = _plots(report)
     cards = [
         ("accepted", report.get("accepted"), ""),
@@ -258,9 +209,7 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
             html_table(
                 ["path", "reason", "detail", "label"],
                 [
-                    tuple(
-                        esc(_none_if_na(row.get(c))) for c in ("path", "reason", "detail", "label")
-                    )
+                    tuple(esc(json_safe(row.get(c))) for c in ("path", "reason", "detail", "label"))
                     for row in rejected.to_dict("records")
                 ],
             )
@@ -340,36 +289,6 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
 
 
 # --------------------------------------------------------------------------- files
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-ready: non-finite floats and missing values become None, numpy scalars Python."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return json_safe(float(value))
-    return _none_if_na(value)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        Path(staging).chmod(0o644)  # mkstemp makes 0600; a report is meant to be shared
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        Path(staging).replace(path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_report(

@@ -32,17 +32,15 @@ import pandas as pd
 from clip_har.data.manifest import conform
 from clip_har.data.validate import FACT_COLUMNS, check_files
 from clip_har.errors import ConfigError
+from clip_har.imaging import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "SourceError", "import_source"]
+__all__ = ["DEFAULT_MAX_PIXELS", "SourceError", "import_source"]
 
 Progress = Callable[[int, int], None]
 
 DEFAULT_MAX_PIXELS = 64_000_000
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
 FILENAME_COLUMNS = ("filename", "file", "path", "image", "file_name", "filepath", "image_path")
 LABEL_COLUMNS = ("label", "class", "category", "class_name")
 CSV_LAYOUTS = (("labels.csv", "images"), ("Training_set.csv", "train"))

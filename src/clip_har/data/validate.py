@@ -1,7 +1,7 @@
 """Validation: decode every image, reject what cannot be used, report duplicates.
 
 Each manifest row is read once (sha256 of the bytes) and **fully decoded** with
-:func:`clip_har.inference.preprocess.load_image` (header size guards first, so a
+:func:`clip_har.imaging.load_image` (header size guards first, so a
 decompression bomb is rejected from its header and never decoded; then the whole pixel
 stream; then EXIF orientation). ``sha256``, ``phash``, ``width``, ``height`` (after EXIF
 orientation), ``format`` and ``mode`` are refreshed from what was decoded. Source files
@@ -49,8 +49,10 @@ from PIL import Image
 from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE
 from clip_har.data.hashing import perceptual_hash
 from clip_har.data.manifest import conform
+from clip_har.data.reasons import REASONS
 from clip_har.data.report import build_report
-from clip_har.inference.preprocess import ImageLoadError, load_image
+from clip_har.errors import ImageLoadError, ImageProblem
+from clip_har.imaging import load_image
 
 __all__ = [
     "REASONS",
@@ -60,17 +62,6 @@ __all__ = [
     "validate",
 ]
 
-REASONS: dict[str, str] = {
-    "missing_file": "the file does not exist",
-    "unreadable": "the path exists but cannot be read",
-    "empty_file": "the file has 0 bytes",
-    "not_an_image": "not an image format any decoder recognises",
-    "corrupt_data": "truncated or corrupt image data",
-    "too_small": "shorter side below the minimum",
-    "too_large": "more pixels than the maximum (rejected from the header, never decoded)",
-    "empty_label": "null or blank label in a labelled manifest",
-    "unknown_label": "label not in the class list",
-}
 REJECTED_COLUMNS = ["path", "reason", "detail", "label"]
 DEFAULT_MIN_SIDE = 32
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -104,24 +95,6 @@ class ValidationResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _reason_for(error: ImageLoadError) -> str:
-    """Map :func:`load_image`'s failure to a reason code."""
-    text = error.reason.lower()
-    if text.startswith("file not found"):
-        return "missing_file"
-    if text.startswith("empty file"):
-        return "empty_file"
-    if text.startswith("not an image"):
-        return "not_an_image"
-    if text.startswith("image too large"):
-        return "too_large"
-    if text.startswith("image too small"):
-        return "too_small"
-    if text.startswith(("corrupt image header", "truncated or corrupt", "cannot apply exif")):
-        return "corrupt_data"
-    return "unreadable"
-
-
 def check_file(
     path: str | os.PathLike[str],
     *,
@@ -132,25 +105,33 @@ def check_file(
     location = Path(path)
     try:
         if not location.exists():
-            return FileCheck(reason="missing_file", detail="file not found")
+            return FileCheck(reason=ImageProblem.MISSING_FILE.value, detail="file not found")
         if location.is_dir():
-            return FileCheck(reason="unreadable", detail="is a directory, not an image file")
+            return FileCheck(
+                reason=ImageProblem.UNREADABLE.value, detail="is a directory, not an image file"
+            )
         data = location.read_bytes()
     except OSError as exc:
-        return FileCheck(reason="unreadable", detail=f"cannot read file ({exc.strerror or exc})")
+        return FileCheck(
+            reason=ImageProblem.UNREADABLE.value, detail=f"cannot read file ({exc.strerror or exc})"
+        )
     sha256 = hashlib.sha256(data).hexdigest()
     if not data:
-        return FileCheck(sha256=sha256, reason="empty_file", detail="empty file (0 bytes)")
+        return FileCheck(
+            sha256=sha256, reason=ImageProblem.EMPTY_FILE.value, detail="empty file (0 bytes)"
+        )
     try:
         image = load_image(data, min_side=min_side, max_pixels=max_pixels)
         # EXIF transposition drops .format; read it from the header (no decoding)
         image_format = image.format or Image.open(io.BytesIO(data)).format
         phash = perceptual_hash(image)
     except ImageLoadError as exc:
-        return FileCheck(sha256=sha256, reason=_reason_for(exc), detail=exc.reason)
+        return FileCheck(sha256=sha256, reason=exc.code.value, detail=exc.reason)
     except Exception as exc:  # a decoder or converter failing in a way load_image missed
         return FileCheck(
-            sha256=sha256, reason="corrupt_data", detail=f"{type(exc).__name__}: {exc}"
+            sha256=sha256,
+            reason=ImageProblem.CORRUPT_DATA.value,
+            detail=f"{type(exc).__name__}: {exc}",
         )
     return FileCheck(
         sha256=sha256,
@@ -174,7 +155,9 @@ def check_files(
 
     def work(path: Any) -> FileCheck:
         if path is None or path is pd.NA or not str(path).strip():
-            return FileCheck(reason="missing_file", detail="no path in the manifest")
+            return FileCheck(
+                reason=ImageProblem.MISSING_FILE.value, detail="no path in the manifest"
+            )
         return check_file(str(path), min_side=min_side, max_pixels=max_pixels)
 
     checks: list[FileCheck] = []

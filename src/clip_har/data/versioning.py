@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clip_har.data.hashing import file_digest
 from clip_har.errors import ClipHarError
+from clip_har.io import file_digest
 
 logger = logging.getLogger(__name__)
 

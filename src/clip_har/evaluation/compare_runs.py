@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clip_har.data.report import REPORT_CSS, esc, html_table, png_base64, write_text_atomic
 from clip_har.errors import ClipHarError
 from clip_har.evaluation.compare import compare_predictions
 from clip_har.evaluation.metrics import EvalArrays
 from clip_har.evaluation.run import DETAILS_FILE, PREDICTIONS_FILE
+from clip_har.io import REPORT_CSS, esc, html_table, png_base64, write_text_atomic
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from PIL import Image, ImageOps
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from clip_har.inference.preprocess import load_image, to_rgb
+from clip_har.imaging import load_image, to_rgb
 
 __all__ = [
     "PLOT_FILES",

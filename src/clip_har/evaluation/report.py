@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clip_har.data.report import REPORT_CSS, esc, html_table, write_text_atomic
+from clip_har.io import REPORT_CSS, esc, html_table, write_text_atomic
 
 __all__ = ["HTML_FILE", "MARKDOWN_FILE", "render_html", "render_markdown", "write_report"]
 

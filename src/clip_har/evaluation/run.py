@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from clip_har.data.manifest import read_manifest
-from clip_har.data.report import write_text_atomic
 from clip_har.errors import ClipHarError
 from clip_har.evaluation.metrics import EvalArrays, EvaluationError, compute_metrics, summary
 from clip_har.evaluation.plots import write_plots
 from clip_har.evaluation.report import write_report
 from clip_har.inference.predictor import PredictOptions, Predictor
+from clip_har.io import write_text_atomic
 from clip_har.tracking import Tracker
 
 logger = logging.getLogger(__name__)

@@ -57,13 +57,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from clip_har import __version__
-from clip_har.data.report import json_safe
 from clip_har.errors import ClipHarError
 from clip_har.export.energy import EnergyMeter, NvmlMeter, energy_meter
 from clip_har.export.images import sample_pixels
 from clip_har.inference.engines import EngineOptions, create_engine
+from clip_har.io import json_safe
 from clip_har.models.bundle import Bundle, open_bundle
+from clip_har.version import __version__
 
 if TYPE_CHECKING:
     from clip_har.tracking.base import Tracker

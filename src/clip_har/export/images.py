@@ -10,9 +10,8 @@ import numpy as np
 from PIL import Image
 
 from clip_har.data.manifest import MANIFEST_FILE, read_manifest
-from clip_har.data.sources import IMAGE_EXTENSIONS
 from clip_har.errors import ClipHarError
-from clip_har.inference.preprocess import ImageConfig, ImageLoadError, Preprocessor, load_image
+from clip_har.imaging import IMAGE_EXTENSIONS, ImageConfig, ImageLoadError, Preprocessor, load_image
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from clip_har.config import ExportSettings, ParitySettings
-from clip_har.data.hashing import file_sha256
 from clip_har.errors import ClipHarError
 from clip_har.export.images import sample_pixels
 from clip_har.export.onnx import (
@@ -43,6 +42,7 @@ from clip_har.inference.engines import (
     TEXT_FORMAT,
     EngineOptions,
 )
+from clip_har.io import file_sha256
 from clip_har.models.bundle import (
     EXPORTS_DIR,
     Bundle,

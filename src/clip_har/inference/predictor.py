@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clip_har.data.hashing import file_sha256
 from clip_har.errors import ClipHarError
+from clip_har.imaging import ImageConfig, ImageLoadError, Preprocessor, load_image
 from clip_har.inference.engines import (
     TEXT_FORMAT,
     Engine,
@@ -20,7 +20,7 @@ from clip_har.inference.engines import (
     TorchEngine,
     create_engine,
 )
-from clip_har.inference.preprocess import ImageConfig, ImageLoadError, Preprocessor, load_image
+from clip_har.io import file_sha256
 from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.models.classifier import TextEmbeddingCache, build_zero_shot_classifier

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from clip_har.errors import ModelUnavailableError
-from clip_har.inference.preprocess import ImageConfig
+from clip_har.imaging import ImageConfig
 from clip_har.models.presets import PRESET_MARKER, PRESETS, ensure_preset, is_preset
 
 log = logging.getLogger(__name__)

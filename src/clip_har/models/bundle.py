@@ -19,7 +19,6 @@ import copy
 import json
 import logging
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,14 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from clip_har import __version__
-from clip_har.data.hashing import file_sha256
 from clip_har.errors import BundleError
-from clip_har.inference.preprocess import ImageConfig
+from clip_har.imaging import ImageConfig
+from clip_har.io import file_sha256, git_commit
 from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
 from clip_har.models.classifier import HARClassifier
 from clip_har.models.heads import HEAD_TYPES, Head
 from clip_har.models.prompts import PromptSet
+from clip_har.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +353,7 @@ def save_bundle(
         lineage=Lineage(
             created_at=datetime.now(timezone.utc),
             clip_har_version=__version__,
-            git_commit=_git_commit(),
+            git_commit=git_commit(),
             **(lineage or {}),
         ),
     )
@@ -393,13 +392,3 @@ def _hub_revision(fingerprint: str) -> str | None:
     if fingerprint.startswith("sha256:") or "@" not in fingerprint:
         return None
     return fingerprint.rsplit("@", 1)[1]
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None

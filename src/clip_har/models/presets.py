@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from clip_har.errors import ModelUnavailableError
-from clip_har.inference.preprocess import ImageConfig
+from clip_har.imaging import ImageConfig
 from clip_har.resources import configs_dir
 
 log = logging.getLogger(__name__)

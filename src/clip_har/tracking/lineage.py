@@ -5,23 +5,12 @@ from __future__ import annotations
 import os
 import platform
 import socket
-import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from clip_har import __version__
+from clip_har.io import git_output
 from clip_har.tracking.base import ParamValue, flatten
-
-
-def _git(*args: str) -> str | None:
-    """``git ARGS`` in the working directory; ``None`` when git is absent or fails."""
-    try:
-        done = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
+from clip_har.version import __version__
 
 
 def run_tags(*, backbone_fingerprint: str | None, data_version: str | None) -> dict[str, str]:
@@ -34,10 +23,10 @@ def run_tags(*, backbone_fingerprint: str | None, data_version: str | None) -> d
     import torch
 
     tags = {"torch_version": str(torch.__version__), "host": socket.gethostname()}
-    commit = (_git("rev-parse", "HEAD") or "").strip()
+    commit = (git_output("rev-parse", "HEAD") or "").strip()
     if commit:
         tags["git_commit"] = commit
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        status = git_output("status", "--porcelain", "--untracked-files=no")
         if status is not None:
             tags["git_dirty"] = str(bool(status.strip())).lower()
     if data_version:

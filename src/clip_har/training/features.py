@@ -39,7 +39,7 @@ from safetensors.torch import save as serialize
 from clip_har.data.datasets import ManifestDataset, make_loader
 from clip_har.data.validate import DEFAULT_MAX_PIXELS
 from clip_har.errors import ClipHarError
-from clip_har.inference.preprocess import ImageConfig, Preprocessor
+from clip_har.imaging import ImageConfig, Preprocessor
 from clip_har.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)

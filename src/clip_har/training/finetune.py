@@ -23,7 +23,7 @@ from clip_har.data.augment import Augmenter
 from clip_har.data.datasets import ManifestDataset, make_loader
 from clip_har.data.validate import DEFAULT_MAX_PIXELS
 from clip_har.errors import ClipHarError
-from clip_har.inference.preprocess import Preprocessor
+from clip_har.imaging import Preprocessor
 from clip_har.models.backbone import Backbone, ImageEncoder
 from clip_har.models.bundle import EncoderDelta
 from clip_har.models.classifier import HARClassifier

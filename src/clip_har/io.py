@@ -1,0 +1,169 @@
+"""Ground layer: atomic file writes, file digests, JSON-safe values, git, and HTML report parts.
+
+Every writer in the project goes through :func:`atomic_write`, so a crash or an error
+never leaves a half-written file, and concurrent writers never share a temporary name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+HTML_ROW_LIMIT = 2000  # rows per table in a page; the JSON and CSV hold everything
+
+
+# --------------------------------------------------------------------------- files
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], *, durable: bool = False) -> Iterator[Path]:
+    """Yield a unique staging path beside ``path``; rename it onto ``path`` on success.
+
+    Write the staging file with any writer (``open``, ``torch.save``, ``savefig``,
+    ``to_parquet``). It keeps ``path``'s suffix, so writers that infer the format from
+    the name work. On an exception it is deleted and ``path`` is untouched. ``durable``
+    flushes the file to disk before the rename (checkpoints, acknowledged writes).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{target.name}-", suffix=target.suffix, dir=target.parent
+    )
+    os.close(handle)
+    staging = Path(name)
+    try:
+        yield staging
+        staging.chmod(0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        if durable:
+            with staging.open("rb+") as stream:
+                os.fsync(stream.fileno())
+        staging.replace(target)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    with atomic_write(path) as staging, staging.open("w", encoding="utf-8", newline="") as stream:
+        stream.write(text)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path) as staging:
+        staging.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
+    """Write ``value`` as indented JSON (non-finite floats as ``null``) atomically."""
+    text = json.dumps(json_safe(value), indent=2, ensure_ascii=False) + "\n"
+    return write_text_atomic(path, text)
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (``hashlib`` algorithm name), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    return file_digest(path)
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-ready: non-finite floats and missing values become None, numpy scalars Python."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return json_safe(float(value))
+    return None if value is None or value is pd.NA else value
+
+
+# --------------------------------------------------------------------------- git
+
+
+def git_output(*args: str, cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """``git ARGS`` output; ``None`` when git is absent, times out or fails."""
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=False, cwd=cwd
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The checked-out commit of the repository around ``cwd``, or ``None``."""
+    return (git_output("rev-parse", "HEAD", cwd=cwd) or "").strip() or None
+
+
+# --------------------------------------------------------------------------- HTML
+
+REPORT_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222}
+h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td{word-break:break-all}.num{text-align:right}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;
+padding:.6rem 1rem;min-width:8rem}.card b{display:block;font-size:1.5rem}
+.bad b{color:#c0392b}.none{color:#777}img{max-width:100%}
+"""
+
+
+def esc(value: Any) -> str:
+    """HTML-escaped text of ``value`` (``None`` is empty)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def html_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], limit: int = HTML_ROW_LIMIT
+) -> str:
+    """An HTML table of pre-rendered cells, cut at ``limit`` rows with a note."""
+    if not rows:
+        return "<p class='none'>None.</p>"
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows[:limit]
+    )
+    more = (
+        f"<p class='none'>… {len(rows) - limit} more rows (see the JSON / CSV).</p>"
+        if len(rows) > limit
+        else ""
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def png_base64(figure: Any) -> str:
+    """A matplotlib figure as a base64 PNG, for ``<img src="data:image/png;base64,...">``."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
