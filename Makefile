@@ -10,7 +10,7 @@ OUT ?= outputs/demo
 PYTEST_ARGS ?=
 WORKERS ?= auto
 
-.PHONY: install demo test lint typecheck imports unit bench clean
+.PHONY: install demo demo-train test lint typecheck imports unit bench clean
 
 install: $(VENV)/.installed
 
@@ -21,12 +21,20 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 # zero-shot bundle + predictions, then import -> validate -> split -> train a head
-# (DATA: labels.csv + images/, or class sub-folders); the run is tracked in $(OUT)/mlruns.db
+# (DATA: labels.csv + images/, or class sub-folders; an unlabelled folder stops after the
+# predictions); the run is tracked in $(OUT)/mlruns.db
 demo: install
-	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<labelled image folder>"; exit 2; }
+	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<image folder>"; exit 2; }
 	$(BIN)/clip-har bundle create --model $(MODEL) -o $(OUT)/bundle --force
 	$(BIN)/clip-har predict "$(DATA)" --bundle $(OUT)/bundle -o $(OUT)/predictions.csv
 	$(BIN)/clip-har data import "$(DATA)" -o $(OUT)/data/imported
+	@if $(BIN)/clip-har data has-labels $(OUT)/data/imported; then \
+		$(MAKE) --no-print-directory demo-train; \
+	else \
+		echo "$(DATA) has no labels: predictions are in $(OUT)/predictions.csv; training needs labels (labels.csv or one sub-folder per class)"; \
+	fi
+
+demo-train: install
 	$(BIN)/clip-har data validate $(OUT)/data/imported -o $(OUT)/data/validated
 	$(BIN)/clip-har data split $(OUT)/data/validated -o $(OUT)/data/split
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlruns.db $(BIN)/clip-har train \

@@ -51,3 +51,25 @@ def test_import_validate_split_pipeline(har_sample_dir: Path, tmp_path: Path) ->
     assert split["cross_split_leakage"] == 0
     assert split["max_deviation_from_target"] <= 1
     assert set(read_manifest(tmp_path / "split")["split"]) == {"train", "val", "test"}
+
+
+def test_has_labels_tells_a_labelled_folder_from_an_unlabelled_one(
+    photo_folder: Path, tmp_path: Path
+) -> None:
+    """``make demo`` trains only when the data has labels: this is its test."""
+    unlabelled = tmp_path / "unlabelled"
+    imported = data_cli("data", "import", str(photo_folder), "-o", str(unlabelled), cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    answer = data_cli("data", "has-labels", str(unlabelled), cwd=tmp_path)
+    assert answer.returncode == 1 and "0 of 5 rows labelled" in answer.stderr
+
+    classes = tmp_path / "classes"
+    for index, photo in enumerate(sorted(photo_folder.iterdir())):
+        label = classes / ("running" if index % 2 else "eating")
+        label.mkdir(parents=True, exist_ok=True)
+        photo.rename(label / photo.name)
+    labelled = tmp_path / "labelled"
+    imported = data_cli("data", "import", str(classes), "-o", str(labelled), cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    answer = data_cli("data", "has-labels", str(labelled), cwd=tmp_path)
+    assert answer.returncode == 0 and "5 of 5 rows labelled" in answer.stderr

@@ -21,7 +21,7 @@ from clip_har.cli.data_version import (
     track_command,
     version_command,
 )
-from clip_har.data.manifest import write_manifest
+from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.data.sources import import_source
 
 app = typer.Typer(
@@ -84,3 +84,15 @@ def _print_import_summary(frame: pd.DataFrame) -> None:
         + (f"[red]{unreadable} unreadable[/red]" if unreadable else "0 unreadable")
         + (f", [yellow]{undecodable} not decodable[/yellow]" if undecodable else "")
     )
+
+
+@app.command("has-labels")
+def has_labels(
+    manifest: Path = typer.Argument(..., help="A manifest.parquet or the folder holding one."),
+) -> None:
+    """Exit 0 when MANIFEST has labelled rows, 1 when it has none (for scripts, like `test`)."""
+    labels = read_manifest(manifest)["label"]
+    labelled = int(labels.notna().sum())
+    err_console.print(f"{escape(str(manifest))}: {labelled} of {len(labels)} rows labelled")
+    if not labelled:
+        raise typer.Exit(1)
