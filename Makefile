@@ -28,7 +28,8 @@ demo: install
 	$(BIN)/clip-har bundle create --model $(MODEL) -o $(OUT)/bundle --force
 	$(BIN)/clip-har predict "$(DATA)" --bundle $(OUT)/bundle -o $(OUT)/predictions.csv
 	$(BIN)/clip-har data import "$(DATA)" -o $(OUT)/data/imported
-	@if $(BIN)/clip-har data has-labels $(OUT)/data/imported; then \
+	@labelled=$$($(BIN)/clip-har data has-labels $(OUT)/data/imported) || exit 1; \
+	if [ "$$labelled" = yes ]; then \
 		$(MAKE) --no-print-directory demo-train; \
 	else \
 		echo "$(DATA) has no labels: predictions are in $(OUT)/predictions.csv; training needs labels (labels.csv or one sub-folder per class)"; \

@@ -38,7 +38,7 @@ from clip_har.models.classifier import HARClassifier, TextEmbeddingCache
 from clip_har.models.heads import LinearHead
 from clip_har.models.prompts import load_class_names, load_prompt_set
 from clip_har.training.features import FeatureStore
-from clip_har.training.strategies import FEATURE_STRATEGIES, FeatureData, fit_strategy
+from clip_har.training.strategies import STRATEGIES, FeatureData, StrategyInputs
 from clip_har.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,9 +91,11 @@ def fit_times(backbone: Backbone, config: TrainConfig) -> list[dict[str, Any]]:
     data = synthetic_features(backbone)
     data.zero_shot_weights()  # text embeddings are cached once, as in a real run
     rows = []
-    for name in FEATURE_STRATEGIES:
+    for name, strategy in STRATEGIES.items():
+        if strategy.end_to_end:  # timed on photos by e2e_epoch
+            continue
         start = time.perf_counter()
-        result = fit_strategy(name, data, Trainer(config), config)
+        result = strategy.fit(StrategyInputs(data, Trainer(config)))
         rows.append(
             {
                 "measure": "fit",

@@ -10,23 +10,77 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
 from clip_har.errors import ConfigError
+from clip_har.imaging.loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+DEFAULT_NEAR_DISTANCE = 4  # bits between perceptual hashes of near duplicates
+DEFAULT_SPLIT_RATIOS = (0.7, 0.15, 0.15)  # train, val, test
 
 _params_file: ContextVar[Path | None] = ContextVar("clip_har_params_file", default=None)
+
+
+def split_commas(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the one parser of comma-joined lists.
+
+    Settings hold real lists (YAML lists in params.yaml); a comma-joined string is
+    accepted where a list has to fit in one word: a CLI option or an environment variable.
+    """
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _from_commas(value: Any) -> Any:
+    """A list setting given as one string: ``a,b`` or a YAML flow list ``[a, b]``."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # reported by the list validation
+    return split_commas(value)
+
+
+def _check_ratios(values: list[float]) -> list[float]:
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(
+            f"ratios must be three non-negative numbers summing to 1, e.g. [0.7, 0.15, 0.15] "
+            f"(got {values})"
+        )
+    return values
+
+
+# A list setting: a YAML list, or a comma-joined string from the CLI or the environment
+# (NoDecode: the environment value is split here, not parsed as JSON).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_from_commas)]
+Ratios = Annotated[
+    list[float], NoDecode, BeforeValidator(_from_commas), AfterValidator(_check_ratios)
+]
+
+
+CalibrationName = Literal["minmax", "entropy", "percentile"]
+CALIBRATION_METHODS: tuple[CalibrationName, ...] = get_args(CalibrationName)
+"""Static int8 calibration methods (``export.calibration``, ``--calibration-method``)."""
 
 
 class _Section(BaseModel):
@@ -54,24 +108,40 @@ class DataSettings(_Section):
         description="What the pipeline's import stage reads: a folder, a .csv, or hf:NAME[:split].",
     )
     classes: str = Field("har15", description="Built-in class list name or a text file path.")
-    min_image_side: int = Field(32, ge=1, description="Reject images with a smaller side (px).")
-    max_image_pixels: int = Field(64_000_000, ge=1, description="Reject larger images (pixels).")
+    min_image_side: int = Field(
+        DEFAULT_MIN_SIDE, ge=1, description="Reject images with a smaller side (px)."
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="Reject larger images (pixels)."
+    )
     near_distance: int = Field(
-        4, ge=0, le=63, description="Near duplicates: phashes at most this many bits apart."
+        DEFAULT_NEAR_DISTANCE,
+        ge=0,
+        le=63,
+        description="Near duplicates: phashes at most this many bits apart.",
     )
 
 
 class SplitSettings(_Section):
     """Train/val/test assignment."""
 
-    ratios: str = Field("0.7,0.15,0.15", description="train,val,test fractions.")
-    seed: int = Field(0, description="Random seed of the assignment.")
+    ratios: Ratios = Field(list(DEFAULT_SPLIT_RATIOS), description="train, val and test fractions.")
+    seed: int = Field(0, ge=0, description="Random seed of the assignment.")
+
+
+Precision = Literal["fp32", "bf16", "fp16"]
+# how training spreads over processes: one process, DDP replicas or FSDP shards (torchrun)
+DistributedMode = Literal["none", "ddp", "fsdp"]
 
 
 class TrainSettings(_Section):
     """Training: the strategy, the optimiser schedule and run tracking."""
 
-    strategy: str = Field("linear-probe", description="See `clip-har train --help`.")
+    strategy: str = Field(
+        "linear-probe",
+        description="A registered strategy (training.strategies.STRATEGIES; see "
+        "`clip-har train --help`); checked when the run starts.",
+    )
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(
         64, ge=1, description="Global batch per forward pass (a step is batch x accumulation)."
@@ -81,7 +151,7 @@ class TrainSettings(_Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     accumulation: int = Field(1, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     patience: int | None = Field(None, ge=1, description="Early stopping; None trains all epochs.")
     balance: Literal["none", "weights"] = Field(
@@ -94,8 +164,12 @@ class TrainSettings(_Section):
         "light", description="End-to-end strategies: train-time augmentation policy."
     )
     workers: int = Field(0, ge=0, description="End-to-end: image-loading worker processes.")
-    seed: int = 0
-    tracking: str = Field("mlflow", description="Comma-separated: mlflow, wandb, or none.")
+    distributed: DistributedMode = Field(
+        "none",
+        description="ddp or fsdp: run under `torchrun --nproc_per_node N -m clip_har.cli train`.",
+    )
+    seed: int = Field(0, ge=0)
+    tracking: CommaList = Field(["mlflow"], description="Backends: mlflow, wandb, or none.")
     experiment: str = "clip-har"
 
 
@@ -108,7 +182,7 @@ class PredictSettings(_Section):
 
 class ParityLimit(_Section):
     """The parity gate for one precision: worst probability difference and top-1 agreement
-    with torch fp32 that an artifact may show and still be served."""
+    with torch fp32 that an artifact may show and still be used."""
 
     max_abs_diff: float = Field(ge=0)
     top1_agreement: float = Field(ge=0, le=1)
@@ -125,12 +199,15 @@ class ParitySettings(_Section):
 class ExportSettings(_Section):
     """Export formats and their parity gates."""
 
-    formats: str = Field(
-        "onnx,onnx-opt,onnx-int8,torchscript,text-onnx", description="Comma-separated formats."
+    formats: CommaList = Field(
+        ["onnx", "onnx-opt", "onnx-int8", "torchscript", "text-onnx"],
+        min_length=1,
+        description="Registered formats to export (clip_har.inference.formats; listed by "
+        "`clip-har export --help`); checked against the registry when the export starts.",
     )
     opset: int = Field(17, ge=17, description="ONNX opset.")
     parity_images: int = Field(32, ge=1, description="Images each artifact is checked on.")
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration: CalibrationName = "minmax"
     calibration_images: int = Field(64, ge=1, description="Images for static int8 ranges.")
     parity: ParitySettings = ParitySettings()
 
@@ -174,6 +251,8 @@ class Settings(BaseSettings):
 
 def _find_params_file(explicit: Path | None) -> Path | None:
     if explicit is not None:
+        if explicit.is_dir():
+            raise ConfigError(f"params file {explicit} is a folder: give the YAML file")
         if not explicit.is_file():
             raise ConfigError(f"params file not found: {explicit}")
         return explicit
@@ -188,6 +267,8 @@ def load_settings(
 ) -> Settings:
     """Load settings; ``overrides`` is a nested dict such as ``{"predict": {"top_k": 3}}``."""
     path = _find_params_file(params_file)
+    if path is not None:
+        _check_params_file(path)
     token = _params_file.set(path)
     try:
         return Settings(**(overrides or {}))
@@ -200,7 +281,34 @@ def load_settings(
         _params_file.reset(token)
 
 
+def _check_params_file(path: Path) -> None:
+    """Refuse, naming the file, what the YAML settings source would report badly: bytes
+    that are not UTF-8, invalid YAML, and a document that is not a mapping of sections."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    if document is not None and not isinstance(document, dict):
+        raise ConfigError(
+            f"{path}: must be a mapping of sections (model:, data:, train:, ...), "
+            f"not a YAML {type(document).__name__}"
+        )
+
+
 def _describe(exc: ValidationError) -> str:
+    """One line per problem: the dotted field, pydantic's message and the value given."""
     return "\n".join(
-        f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}{_given(err)}"
+        for err in exc.errors()
     )
+
+
+def _given(error: Any) -> str:
+    """`` (got VALUE)`` for a scalar value; nothing for a missing field or a whole section."""
+    value = error.get("input")
+    if error.get("type") == "missing" or isinstance(value, dict | list):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"

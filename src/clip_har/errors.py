@@ -1,16 +1,51 @@
 """Every error the project raises on purpose: one family under :class:`ClipHarError`.
 
-The CLI turns any ``ClipHarError`` into its message and a non-zero exit; the service
-into an HTTP 4xx with a JSON body.
+The CLI turns any ``ClipHarError`` into its message and a non-zero exit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 
 class ClipHarError(Exception):
     """Base class: every error the CLI turns into a message and a non-zero exit."""
+
+
+class UsageError(ClipHarError):
+    """The command line or call itself is wrong: options missing, conflicting or out of range
+    (the CLI exits with its usage code)."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class ConfigError(ClipHarError):
+    """A settings file, class list or prompt set is invalid."""
+
+
+class PreprocessingConfigError(ConfigError, ValueError):
+    """A preprocessing config (a model's ``preprocessor_config.json``) cannot be parsed.
+
+    ``field`` names the offending key (``None`` when the whole file is unreadable);
+    ``source`` is the file, once the loader that read it knows it (see :meth:`at`).
+    """
+
+    def __init__(self, field: str | None, reason: str, source: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        self.source = source
+        where = f"{source}: " if source else ""
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}invalid preprocessing config: {what}{reason}")
+
+    def at(self, source: object) -> PreprocessingConfigError:
+        """The same error, naming the file it was read from."""
+        return PreprocessingConfigError(self.field, self.reason, str(source))
+
+
+# --------------------------------------------------------------------------- models and bundles
 
 
 class ModelUnavailableError(ClipHarError):
@@ -21,8 +56,79 @@ class BundleError(ClipHarError):
     """A bundle directory is missing, malformed or inconsistent."""
 
 
-class ConfigError(ClipHarError):
-    """A settings file, class list or prompt set is invalid."""
+class HeadShapeError(BundleError, ValueError):
+    """Saved head tensors are missing or have the wrong shapes."""
+
+
+class TensorRTError(ClipHarError):
+    """A TensorRT engine could not be built, loaded or run."""
+
+
+class TensorRTUnavailableError(TensorRTError):
+    """This machine lacks what TensorRT needs: a CUDA GPU and the ``tensorrt`` package."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataError(ClipHarError):
+    """Base of the data errors: sources, manifests, datasets, balancing, versions."""
+
+
+class SourceError(DataError):
+    """A data source cannot be recognised or read."""
+
+
+class ManifestError(DataError):
+    """A manifest file is missing or does not have the expected columns."""
+
+
+class DatasetError(DataError):
+    """A manifest cannot become a training dataset (labels, split)."""
+
+
+class BalanceError(DataError):
+    """Class weights or resampling cannot be computed from these labels and settings."""
+
+
+class DataVersionError(DataError):
+    """DVC is missing, failed, or the path is not under DVC control."""
+
+
+class UnknownPolicyError(DataError, ValueError):
+    """An augmentation policy name that is not one of ``choices``."""
+
+    def __init__(self, policy: str, choices: Sequence[str]) -> None:
+        self.policy = policy
+        super().__init__(
+            f"unknown augmentation policy {policy!r}; choose one of: {', '.join(choices)}"
+        )
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class TrainingError(ClipHarError):
+    """Training cannot start or continue with these settings, data or checkpoint."""
+
+
+class FeatureStoreError(TrainingError):
+    """A manifest cannot be embedded (missing columns)."""
+
+
+class DistributedError(TrainingError):
+    """The distributed setup is missing or inconsistent (launcher, devices, wrapping)."""
+
+
+class EvaluationError(ClipHarError):
+    """Labels and predictions cannot be evaluated: empty, misshapen or inconsistent."""
+
+
+class TrackingError(ClipHarError):
+    """A tracking backend failed while tracking was strict (``--strict-tracking``)."""
+
+
+# --------------------------------------------------------------------------- images
 
 
 class ImageProblem(str, Enum):

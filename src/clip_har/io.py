@@ -7,6 +7,7 @@ never leaves a half-written file, and concurrent writers never share a temporary
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import html
 import io
@@ -30,15 +31,21 @@ HTML_ROW_LIMIT = 2000  # rows per table in a page; the JSON and CSV hold everyth
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], *, durable: bool = False) -> Iterator[Path]:
+def atomic_write(
+    path: str | os.PathLike[str], *, durable: bool = False, exclusive: bool = False
+) -> Iterator[Path]:
     """Yield a unique staging path beside ``path``; rename it onto ``path`` on success.
 
     Write the staging file with any writer (``open``, ``torch.save``, ``savefig``,
     ``to_parquet``). It keeps ``path``'s suffix, so writers that infer the format from
     the name work. On an exception it is deleted and ``path`` is untouched. ``durable``
     flushes the file to disk before the rename (checkpoints, acknowledged writes).
+    ``exclusive`` publishes with a hard link instead, which never replaces an existing
+    ``path`` but raises :class:`FileExistsError` (write-once files such as cache shards).
     """
     target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(
         prefix=f".{target.name}-", suffix=target.suffix, dir=target.parent
@@ -51,7 +58,11 @@ def atomic_write(path: str | os.PathLike[str], *, durable: bool = False) -> Iter
         if durable:
             with staging.open("rb+") as stream:
                 os.fsync(stream.fileno())
-        staging.replace(target)
+        if exclusive:
+            target.hardlink_to(staging)
+            staging.unlink()
+        else:
+            staging.replace(target)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from clip_har.cli.common import EXIT_PARTIAL
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,22 +39,26 @@ def test_bundle_create_refuses_to_overwrite(cli_bundle: Path) -> None:
     assert "already exists" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_mixed_folder_reports_each_bad_file_and_exits_2(
+def test_mixed_folder_reports_each_bad_file_and_exits_partial(
     cli_bundle: Path, mixed_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "preds.csv"
     result = run_cli("predict", str(mixed_folder), "--bundle", str(cli_bundle), "-o", str(out))
-    assert result.returncode == 2, result.stderr
-    for name, reason in [
-        ("empty.jpg", "empty"),
-        ("truncated.jpg", "truncated"),
-        ("notes.jpg", "not an image"),
-        ("pixel.png", "too small"),
-    ]:
+    assert result.returncode == EXIT_PARTIAL, result.stderr
+    bad = {
+        "empty.jpg": ("empty", "empty_file"),
+        "truncated.jpg": ("truncated", "corrupt_data"),
+        "notes.jpg": ("not an image", "not_an_image"),
+        "pixel.png": ("too small", "too_small"),
+    }
+    for name, (reason, _) in bad.items():
         line = next(line for line in result.stderr.splitlines() if name in line)
         assert reason in line, line
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 9
+    assert {Path(r["path"]).name: r["error_code"] for r in rows if r["error"]} == {
+        name: code for name, (_, code) in bad.items()
+    }
     good = [row for row in rows if not row["error"]]
     assert len(good) == 5 and all(row["label"] for row in good)
     assert "Traceback" not in result.stderr
@@ -64,7 +70,7 @@ def test_mixed_folder_reports_each_bad_file_and_exits_2(
 def test_json_output_and_open_vocabulary_labels(cli_bundle: Path, photo_folder: Path) -> None:
     result = run_cli(
         "predict", str(photo_folder / "*.jpg"), "--bundle", str(cli_bundle),
-        "--labels", "juggling, surfing,waving", "--format", "json", "--top-k", "2",
+        "--labels", "juggling, surfing,waving", "--print", "json", "--top-k", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
@@ -76,7 +82,7 @@ def test_json_output_and_open_vocabulary_labels(cli_bundle: Path, photo_folder: 
 
 def test_zero_shot_from_model_without_bundle(photo_folder: Path) -> None:
     result = run_cli(
-        "predict", str(photo_folder), "--model", "tiny", "--labels", "a,b", "--format", "csv"
+        "predict", str(photo_folder), "--model", "tiny", "--labels", "a,b", "--print", "csv"
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(result.stdout.splitlines()))

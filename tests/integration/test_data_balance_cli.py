@@ -12,8 +12,8 @@ from conftest import make_photo, run_cli
 from typer.testing import CliRunner
 
 from clip_har.cli.data_balance import balance_command
-from clip_har.data.balance import BalanceError
 from clip_har.data.manifest import conform, read_manifest, write_manifest
+from clip_har.errors import BalanceError
 
 pytestmark = pytest.mark.integration
 

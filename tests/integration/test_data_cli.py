@@ -33,7 +33,9 @@ def test_data_import_sample_folder_and_bad_source(har_sample_dir: Path, tmp_path
 
 
 def test_import_validate_split_pipeline(har_sample_dir: Path, tmp_path: Path) -> None:
-    """import -> validate -> split on real photos, through the console script."""
+    """import -> validate -> split on real photos, through the console script; the split
+    ratios are a YAML list in ./params.yaml."""
+    (tmp_path / "params.yaml").write_text("split:\n  ratios: [0.6, 0.2, 0.2]\n")
     raw, valid, split_dir = (str(tmp_path / name) for name in ("raw", "valid", "split"))
     steps = [
         ("data", "import", str(har_sample_dir), "-o", raw),
@@ -49,6 +51,7 @@ def test_import_validate_split_pipeline(har_sample_dir: Path, tmp_path: Path) ->
     assert (tmp_path / "valid" / "data_report.html").read_text().count("<img") >= 1
     split = json.loads((tmp_path / "split" / "split_report.json").read_text())
     assert split["cross_split_leakage"] == 0
+    assert split["ratios"] == {"train": 0.6, "val": 0.2, "test": 0.2}
     assert split["max_deviation_from_target"] <= 1
     assert set(read_manifest(tmp_path / "split")["split"]) == {"train", "val", "test"}
 
@@ -61,7 +64,8 @@ def test_has_labels_tells_a_labelled_folder_from_an_unlabelled_one(
     imported = data_cli("data", "import", str(photo_folder), "-o", str(unlabelled), cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     answer = data_cli("data", "has-labels", str(unlabelled), cwd=tmp_path)
-    assert answer.returncode == 1 and "0 of 5 rows labelled" in answer.stderr
+    assert answer.returncode == 0 and answer.stdout.strip() == "no"
+    assert "0 of 5 rows labelled" in answer.stderr
 
     classes = tmp_path / "classes"
     for index, photo in enumerate(sorted(photo_folder.iterdir())):
@@ -72,4 +76,8 @@ def test_has_labels_tells_a_labelled_folder_from_an_unlabelled_one(
     imported = data_cli("data", "import", str(classes), "-o", str(labelled), cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     answer = data_cli("data", "has-labels", str(labelled), cwd=tmp_path)
-    assert answer.returncode == 0 and "5 of 5 rows labelled" in answer.stderr
+    assert answer.returncode == 0 and answer.stdout.strip() == "yes"
+    assert "5 of 5 rows labelled" in answer.stderr
+
+    missing = data_cli("data", "has-labels", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stdout == ""

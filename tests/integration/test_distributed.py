@@ -63,7 +63,7 @@ def single(
     """The same training in this one process: final loss, weights and probe logits."""
     pixels, labels, probe = make_data()
     model = build_model(clip_har_cache)
-    config = replace(CONFIG, parallel="none")
+    config = replace(CONFIG, distributed="none")
     directory = tmp_path_factory.mktemp("single")
     loader = feature_loader(pixels, labels, batch_size=config.batch_size, seed=config.seed)
     result = Trainer(config, checkpoint_dir=directory).fit(
@@ -74,23 +74,25 @@ def single(
     return result, model.state_dict(), logits
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_final_loss_matches_one_process(mode: str, torchrun_out: Path, single: Reference) -> None:
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_final_loss_matches_one_process(
+    distributed: str, torchrun_out: Path, single: Reference
+) -> None:
     reference = single[0]
-    summary = json.loads((torchrun_out / mode / "result.json").read_text())
+    summary = json.loads((torchrun_out / distributed / "result.json").read_text())
     assert summary["final_loss"] == pytest.approx(reference.final_loss, rel=1e-3)
     assert summary["best_epoch"] == reference.best_epoch == CONFIG.epochs - 1
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
 def test_checkpoint_loads_in_one_process(
-    mode: str,
+    distributed: str,
     torchrun_out: Path,
     single,
     clip_har_cache: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     _, reference_state, reference_logits = single
-    saved = torch.load(torchrun_out / mode / CHECKPOINT_FILE, weights_only=True)
+    saved = torch.load(torchrun_out / distributed / CHECKPOINT_FILE, weights_only=True)
     assert saved["world_size"] == 2 and saved["next_epoch"] == CONFIG.epochs
     assert len(saved["rng"]) == 2
     model = build_model(clip_har_cache)
@@ -98,29 +100,33 @@ def test_checkpoint_loads_in_one_process(
     assert all(type(v) is torch.Tensor for v in saved["model"].values())  # no DTensor shards
     with torch.no_grad():
         logits = model.eval()(make_data()[2])
-    distributed_logits = torch.load(torchrun_out / mode / "probe.pt", weights_only=True)
+    distributed_logits = torch.load(torchrun_out / distributed / "probe.pt", weights_only=True)
     torch.testing.assert_close(logits, distributed_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits, reference_logits, atol=2e-3, rtol=1e-3)
     for name, value in reference_state.items():
         torch.testing.assert_close(saved["model"][name], value, atol=2e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_resume_after_an_interruption_is_exact(mode: str, torchrun_out: Path) -> None:
-    straight = torch.load(torchrun_out / mode / CHECKPOINT_FILE, weights_only=True)
-    resumed = torch.load(torchrun_out / f"{mode}_resumed" / CHECKPOINT_FILE, weights_only=True)
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_resume_after_an_interruption_is_exact(distributed: str, torchrun_out: Path) -> None:
+    straight = torch.load(torchrun_out / distributed / CHECKPOINT_FILE, weights_only=True)
+    resumed = torch.load(
+        torchrun_out / f"{distributed}_resumed" / CHECKPOINT_FILE, weights_only=True
+    )
     assert [r["train_loss"] for r in resumed["history"]] == pytest.approx(
         [r["train_loss"] for r in straight["history"]], abs=1e-6
     )
     for name, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, atol=1e-6, rtol=0)
     assert (
-        json.loads((torchrun_out / f"{mode}_resumed" / "result.json").read_text())["best_epoch"]
+        json.loads((torchrun_out / f"{distributed}_resumed" / "result.json").read_text())[
+            "best_epoch"
+        ]
         == 2
     )
     torch.testing.assert_close(
-        torch.load(torchrun_out / f"{mode}_resumed" / "probe.pt", weights_only=True),
-        torch.load(torchrun_out / mode / "probe.pt", weights_only=True),
+        torch.load(torchrun_out / f"{distributed}_resumed" / "probe.pt", weights_only=True),
+        torch.load(torchrun_out / distributed / "probe.pt", weights_only=True),
         atol=1e-6,
         rtol=0,
     )

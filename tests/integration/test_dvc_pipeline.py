@@ -17,7 +17,7 @@ from conftest import make_photo, run_cli
 
 from clip_har.data import version
 from clip_har.data.manifest import read_manifest
-from clip_har.data.versioning import DataVersionError
+from clip_har.errors import DataVersionError
 from clip_har.export.run import parse_formats
 from clip_har.io import file_digest
 from clip_har.models.bundle import open_bundle
@@ -83,8 +83,8 @@ def make_project(repo: Path, env: dict[str, str]) -> None:
     params["data"].update(source="raw", classes=",".join(CLASSES))
     params["model"]["spec"] = "tiny"
     params["prompts"]["set"] = "minimal"
-    params["train"].update(epochs=3, tracking="none")
-    params["export"]["formats"] = "onnx,onnx-int8,text-onnx"  # the rest is tested elsewhere
+    params["train"].update(epochs=3, tracking=[])
+    params["export"]["formats"] = ["onnx", "onnx-int8", "text-onnx"]  # the rest: tested elsewhere
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for c, label in enumerate(CLASSES):
         (repo / "raw" / label).mkdir(parents=True)
@@ -121,6 +121,8 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     assert "confusion_matrix.png" in page and "predictions.csv" in page, plots
     split = read_manifest(repo / "data" / "split")
     assert len(split) == 24 and set(split["split"]) == {"train", "val", "test"}
+    locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["split"]["params"]
+    assert locked["params.yaml"]["split.ratios"] == params_of(repo)["split"]["ratios"]  # a list
     manifest = repo / "data" / "split" / "manifest.parquet"
     data_version = version(manifest)
     assert data_version == file_digest(manifest, "md5")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import make_photo, run_cli
 
-from clip_har.data.manifest import read_manifest, write_manifest
+from clip_har.data.manifest import conform, read_manifest, write_manifest
+from clip_har.models.bundle import open_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +121,46 @@ def test_unavailable_sources_and_formats_are_clear_errors(
     assert split.returncode == 1 and "no rows in split 'holdout'" in split.stderr
     missing = cli(root, clip_har_cache, "evaluate", "compare", "eval-a", "nowhere", "-o", "c")
     assert missing.returncode == 1 and "not an evaluation folder" in missing.stderr
+
+
+def test_predict_and_evaluate_accept_and_reject_the_same_images(
+    tiny_bundle: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """Both take the image guards from the settings: a 20x20 photo is too small for both
+    by default (data.min_image_side 32), and usable by both when params.yaml lowers it."""
+    sizes = {"small.png": (20, 20), "wide.png": (96, 64), "tall.jpg": (48, 80)}
+    paths = [
+        make_photo(tmp_path / name, size, seed=i) for i, (name, size) in enumerate(sizes.items())
+    ]
+    label = open_bundle(tiny_bundle).class_names[0]
+    write_manifest(
+        conform(pd.DataFrame({"path": map(str, paths), "label": label})), tmp_path / "data"
+    )
+    for min_side, small_usable in ((None, False), (16, True)):
+        params = tmp_path / f"params-{min_side}.yaml"
+        params.write_text(f"data:\n  min_image_side: {min_side}\n" if min_side else "{}\n")
+        common = ("--params", str(params))
+        predicted = cli(
+            tmp_path, clip_har_cache, *common, "predict", *map(str, paths), "-b", str(tiny_bundle),
+            "--print", "json", "--skip-errors",
+        )  # fmt: skip
+        assert predicted.returncode == 0, predicted.stderr
+        predict_errors = {
+            Path(row["path"]).name: row["error"] for row in json.loads(predicted.stdout)
+        }
+        out = tmp_path / f"eval-{min_side}"
+        evaluated = cli(
+            tmp_path, clip_har_cache, *common, "evaluate", "-b", str(tiny_bundle), "-d", "data",
+            "--split", "all", "-o", str(out), "--bootstrap", "0", "--tracking", "none",
+        )  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stderr
+        rows = pd.read_csv(out / "predictions.csv")
+        evaluate_errors = {
+            Path(path).name: None if pd.isna(error) else error
+            for path, error in zip(rows["path"], rows["error"], strict=True)
+        }
+        assert evaluate_errors == predict_errors
+        assert (predict_errors["small.png"] is None) == small_usable
+        if not small_usable:
+            assert "minimum side is 32 px" in str(predict_errors["small.png"])
+        assert predict_errors["wide.png"] is None and predict_errors["tall.jpg"] is None

@@ -39,9 +39,9 @@ def test_export_then_predict_through_the_exports(
     assert all(record.passed for record in exports.values())
 
     predictions = {}
-    for engine in ("torch", "onnx", "onnx-int8"):
-        args = ("-b", str(bundle), "--engine", engine, "-f", "json", "-k", "15")
-        predictions[engine] = run_cli("predict", str(photo_folder), *args)
+    for model_format in ("torch", "onnx", "onnx-int8"):
+        args = ("-b", str(bundle), "--format", model_format, "--print", "json", "-k", "15")
+        predictions[model_format] = run_cli("predict", str(photo_folder), *args)
     assert all(p.returncode == 0 for p in predictions.values()), predictions
     reference = _probabilities(predictions["torch"].stdout)
     np.testing.assert_allclose(_probabilities(predictions["onnx"].stdout), reference, atol=1e-4)
@@ -49,15 +49,15 @@ def test_export_then_predict_through_the_exports(
         _probabilities(predictions["onnx-int8"].stdout), reference, atol=0.05
     )
     open_vocabulary = run_cli(
-        "predict", str(photo_folder), "-b", str(bundle), "--engine", "onnx",
-        "--labels", "dancing,cooking", "-f", "json",
+        "predict", str(photo_folder), "-b", str(bundle), "--format", "onnx",
+        "--labels", "dancing,cooking", "--print", "json",
     )  # fmt: skip
     assert open_vocabulary.returncode == 0, open_vocabulary.stderr
     assert {row["label"] for row in json.loads(open_vocabulary.stdout)} <= {"dancing", "cooking"}
 
     model = bundle / "exports" / "model.onnx"
     model.write_bytes(model.read_bytes()[:-100])
-    truncated = run_cli("predict", str(photo_folder), "-b", str(bundle), "--engine", "onnx")
+    truncated = run_cli("predict", str(photo_folder), "-b", str(bundle), "--format", "onnx")
     assert truncated.returncode == 1
     assert "corrupt or truncated" in truncated.stderr and "clip-har export" in truncated.stderr
 
@@ -68,9 +68,9 @@ def test_bad_export_requests_are_clear_errors(
     missing = run_cli("export", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "bundle directory not found" in missing.stderr
     unknown = run_cli("export", str(tiny_bundle), "--formats", "onnx,coreml")
-    assert unknown.returncode == 1 and "unknown export format(s) coreml" in unknown.stderr
+    assert unknown.returncode == 2 and "unknown export format(s) coreml" in unknown.stderr
     method = run_cli("export", str(tiny_bundle), "--calibration-method", "mode")
-    assert method.returncode == 1 and "minmax, entropy or percentile" in method.stderr
-    no_bundle = run_cli("predict", str(tmp_path), "--engine", "onnx")
-    assert no_bundle.returncode == 1 and "pass --bundle" in no_bundle.stderr
+    assert method.returncode == 2 and "'mode'" in method.stderr and "minmax" in method.stderr
+    no_bundle = run_cli("predict", str(tmp_path), "--format", "onnx")
+    assert no_bundle.returncode == 2 and "--format onnx runs a bundle's export" in no_bundle.stderr
     assert not (tiny_bundle / "exports").exists()

@@ -15,6 +15,7 @@ from clip_har.data.manifest import write_manifest
 from clip_har.data.sources import import_source
 from clip_har.data.splits import split_manifest
 from clip_har.models.bundle import open_bundle
+from clip_har.training.strategies import STRATEGIES
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,15 @@ def test_bad_strategy_and_missing_splits_are_clear_errors(
     split_dir: Path, clip_har_cache: Path, tmp_path: Path
 ) -> None:
     bad = train(tmp_path, clip_har_cache, "-d", str(split_dir), "-o", "b", "-s", "magic")
-    assert bad.returncode == 1 and "unknown strategy 'magic'" in bad.stderr
+    assert bad.returncode == 2 and "'magic' is not one of" in bad.stderr  # a usage error
+    assert all(name in bad.stderr for name in STRATEGIES)  # the registry names them all
+    (tmp_path / "params.yaml").write_text("train:\n  strategy: wizardry\n")
+    from_params = train(tmp_path, clip_har_cache, "-d", str(split_dir), "-o", "b")
+    assert from_params.returncode == 1 and "train.strategy" in from_params.stderr
+    (tmp_path / "params.yaml").unlink()
+    spread = train(tmp_path, clip_har_cache, "-d", str(split_dir), "-o", "b", "--distributed", "x")
+    assert spread.returncode == 2 and "train.distributed" in spread.stderr
+    assert "Traceback" not in bad.stderr + from_params.stderr + spread.stderr
     unsplit = import_source(str(split_dir.parent / "photos"), workers=1)
     write_manifest(unsplit, tmp_path / "unsplit")
     missing = train(tmp_path, clip_har_cache, "-d", str(tmp_path / "unsplit"), "-o", "b")
@@ -116,29 +125,31 @@ def test_checkpoints_and_resume_through_the_cli(
     metrics = [open_bundle(tmp_path / name).manifest.metrics for name in ("a", "b")]
     assert metrics[0]["val_accuracy"] == metrics[1]["val_accuracy"]
     no_dir = train(tmp_path, clip_har_cache, *args, "-o", "c", "--resume")
-    assert no_dir.returncode == 1 and "--resume needs --checkpoint-dir" in no_dir.stderr
+    assert no_dir.returncode == 2 and "--resume needs --checkpoint-dir" in no_dir.stderr  # usage
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("strategy", "mode"), [("lora", "ddp"), ("partial", "fsdp"), ("zs-init-linear", "ddp")]
+    ("strategy", "distributed"),
+    [("lora", "ddp"), ("partial", "fsdp"), ("zs-init-linear", "ddp")],
 )
 def test_torchrun_trains_and_rank_0_writes_the_bundle(
-    split_dir: Path, clip_har_cache: Path, tmp_path: Path, strategy: str, mode: str
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path, strategy: str, distributed: str
 ) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_port", str(free_port()), "-m", "clip_har.cli", "train",
-        "-d", str(split_dir), "-o", str(tmp_path / mode), "-s", strategy, "--blocks", "1",
-        "--epochs", "2", "--batch-size", "4", "--distributed", mode, "--tracking", "none",
+        "-d", str(split_dir), "-o", str(tmp_path / distributed), "-s", strategy,
+        "--blocks", "1", "--epochs", "2", "--batch-size", "4", "--distributed", distributed,
+        "--tracking", "none",
         "--model", "tiny", "--prompts", "minimal",
     ]  # fmt: skip
     env = {**os.environ, "CLIP_HAR_CACHE": str(clip_har_cache), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    bundle = open_bundle(tmp_path / mode)
-    if strategy in ("lora", "partial"):
+    bundle = open_bundle(tmp_path / distributed)
+    if STRATEGIES[strategy].end_to_end:
         assert bundle.manifest.encoder is not None and bundle.manifest.encoder.method == strategy
     assert done.stdout.count("trained val accuracy") == 1  # rank 0 alone reports
     assert bundle.load_classifier() is not None

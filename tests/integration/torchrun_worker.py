@@ -2,7 +2,7 @@
 
 Run as ``torchrun --nproc_per_node 2 torchrun_worker.py OUT CACHE``. In one process group
 it trains with DDP and with FSDP (same seed, data and global batch as the test's
-single-process run), and for each mode a run interrupted after epoch 2 and resumed. Rank 0
+single-process run), and for each a run interrupted after epoch 2 and resumed. Rank 0
 writes, per run, ``OUT/<run>/checkpoint.pt`` (the trainer's), ``result.json`` and
 ``probe.pt`` (the trained model's logits on fixed inputs, computed distributed).
 The test imports the builders below, so both sides train the very same problem.
@@ -108,7 +108,7 @@ def _train(
     done: int = 0,
 ) -> FitResult:
     pixels, labels, probe = make_data()
-    config = replace(CONFIG, parallel=run.split("_")[0])
+    config = replace(CONFIG, distributed=run.split("_")[0])
     model = build_model(cache)
     train = loader or feature_loader(
         pixels, labels, batch_size=config.batch_size, seed=config.seed, dist=context
@@ -150,13 +150,14 @@ def main(out: Path, cache: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     context = init_distributed()
     try:
-        for mode in ("ddp", "fsdp"):
-            _train(mode, out, cache, context)
+        for distributed in ("ddp", "fsdp"):
+            _train(distributed, out, cache, context)
+            resumed = f"{distributed}_resumed"
             try:
-                _train(f"{mode}_resumed", out, cache, context, loader=_interrupting_loader(context))
+                _train(resumed, out, cache, context, loader=_interrupting_loader(context))
             except _InterruptedError:
-                logging.getLogger(__name__).info("%s run interrupted as planned", mode)
-            _train(f"{mode}_resumed", out, cache, context, done=2)
+                logging.getLogger(__name__).info("%s run interrupted as planned", distributed)
+            _train(resumed, out, cache, context, done=2)
     finally:
         cleanup()
 

@@ -9,11 +9,10 @@ import torch
 from clip_har.data.augment import (
     POLICIES,
     Augmenter,
-    UnknownPolicyError,
     build_augmentation,
     sample_seed,
 )
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, UnknownPolicyError
 
 SIZE = (64, 48)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip_har.errors import ModelUnavailableError
+from clip_har.errors import ClipHarError, ModelUnavailableError, PreprocessingConfigError
 from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.presets import PRESET_MARKER, preset_dir
 
@@ -61,6 +61,42 @@ def test_local_directory_loads_with_content_fingerprint(
     assert local.fingerprint.startswith("sha256:")
     pixels = torch.randn(2, 3, *tiny_backbone.image_config.output_size)
     torch.testing.assert_close(local.encode_image(pixels), tiny_backbone.encode_image(pixels))
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "message"),
+    [
+        ({"image_std": [0.5, 0.0, 0.5]}, "image_std", "must be non-zero"),
+        ({"image_mean": ["red", 0.5, 0.5]}, "image_mean", "must be a number"),
+        ({"size": "big"}, "size", "unsupported value 'big'"),
+        ({"rescale_factor": "1/255"}, "rescale_factor", "must be a number"),
+        ({"resample": 5}, "resample", "hamming"),
+        ("[1, 2, 3]", None, "must hold a JSON object"),
+        ("{not json", None, "not readable JSON"),
+    ],
+)
+def test_unparseable_preprocessing_config_names_file_and_field(
+    tiny_backbone: Backbone,
+    tmp_path: Path,
+    content: dict[str, object] | str,
+    field: str | None,
+    message: str,
+) -> None:
+    copy = tmp_path / "my-model"
+    tiny_backbone.model.save_pretrained(copy)
+    tiny_backbone.tokenizer.save_pretrained(copy)
+    config = copy / "preprocessor_config.json"
+    if isinstance(content, str):
+        config.write_text(content)
+    else:
+        config.write_text(json.dumps(tiny_backbone.image_config.to_hf() | content))
+    with pytest.raises(PreprocessingConfigError) as info:
+        load_backbone(str(copy))
+    assert isinstance(info.value, ClipHarError)
+    assert (info.value.field, info.value.source) == (field, str(config))
+    assert str(config) in str(info.value) and message in str(info.value)
+    if field is not None:
+        assert f"'{field}'" in str(info.value)
 
 
 def test_directory_without_weights_is_a_clear_error(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from clip_har.data.balance import (
-    BalanceError,
     class_counts,
     class_weights,
     parse_target,
@@ -17,7 +16,7 @@ from clip_har.data.balance import (
     weighted_sampler,
 )
 from clip_har.data.manifest import conform
-from clip_har.errors import ClipHarError
+from clip_har.errors import BalanceError, ClipHarError
 
 TRAIN = {"run": 40, "sit": 10, "walk": 25}
 

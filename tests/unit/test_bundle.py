@@ -59,6 +59,7 @@ def test_manifest_records_lineage_and_random_backbone(tiny_bundle: Path) -> None
         (lambda d: d["head"].__setitem__("type", "mystery"), "field 'head.type'"),
         (lambda d: d.__setitem__("schema_version", 99), "'schema_version' is 99"),
         (lambda d: d["backbone"].__setitem__("embed_dim", "big"), "field 'backbone.embed_dim'"),
+        (lambda d: d["preprocessing"].__setitem__("std", [1, 0, 1]), "field 'std': must be non"),
     ],
 )
 def test_invalid_manifest_names_file_and_field(

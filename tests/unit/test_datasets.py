@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, SequentialSampler
 from clip_har.data.augment import Augmenter
 from clip_har.data.datasets import (
     Batch,
-    DatasetError,
     ManifestDataset,
     Sample,
     Skipped,
@@ -23,6 +22,7 @@ from clip_har.data.datasets import (
     make_loader,
 )
 from clip_har.data.manifest import conform
+from clip_har.errors import DatasetError
 from clip_har.imaging import ImageConfig, Preprocessor, load_image
 
 SIDE = 32

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, chi2
 
+from clip_har.errors import EvaluationError
 from clip_har.evaluation.compare import compare_predictions, mcnemar
-from clip_har.evaluation.metrics import EvalArrays, EvaluationError, compute_metrics
+from clip_har.evaluation.metrics import EvalArrays, compute_metrics
 
 NAMES = ["clap", "run", "sit"]
 

@@ -15,10 +15,9 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, EvaluationError
 from clip_har.evaluation.metrics import (
     EvalArrays,
-    EvaluationError,
     bootstrap_indices,
     compute_metrics,
     replicate_scores,

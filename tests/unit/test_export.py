@@ -1,9 +1,11 @@
-"""Export: every CPU format passes its parity gate, engines run the artifacts, ONNX open
-vocabulary matches torch, and damaged or failed artifacts are refused with clear errors."""
+"""Export: every registered format goes export -> verify -> engine -> parity on the tiny
+model (a format whose requirement is absent skips with its reason); the registry, the
+exporters and the docs table agree; damaged or failed artifacts are refused clearly."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,72 +19,70 @@ from conftest import make_photo
 from clip_har.config import ParityLimit, ParitySettings
 from clip_har.errors import BundleError, ClipHarError
 from clip_har.export.images import sample_pixels
-from clip_har.export.run import ExportOptions, export_bundle, parse_formats
+from clip_har.export.parity import limit_for
+from clip_har.export.run import (
+    EXPORTERS,
+    ExportOptions,
+    export_bundle,
+    image_outputs,
+    parse_formats,
+)
 from clip_har.inference.engines import EngineOptions, create_engine
+from clip_har.inference.formats import (
+    FormatSpec,
+    format_names,
+    get_format,
+    register_format,
+    registered_formats,
+)
 from clip_har.inference.predictor import Predictor
 from clip_har.models.bundle import MANIFEST, open_bundle
 
-CPU_FORMATS = ["onnx", "onnx-opt", "onnx-int8", "onnx-int8-static", "onnx-fp16", "torchscript"]
-FP32_FORMATS = ["onnx", "onnx-opt", "torchscript", "text-onnx"]
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "export.md"
+PARITY_IMAGES = 12
+CALIBRATION_IMAGES = 6
+# what particular exporters record beyond the fields every record has
+EXPECTED_DETAILS: dict[str, dict[str, object]] = {
+    "onnx-opt": {"fused_Attention": 2},  # tiny has 2 layers
+    "onnx-int8": {"method": "dynamic", "weights": "int8"},
+    "onnx-int8-static": {"calibration": "minmax", "calibration_images": CALIBRATION_IMAGES},
+    "onnx-fp16": {"weights": "fp16", "io": "fp32"},
+    "tensorrt": {"precision": "fp16"},
+    "text-onnx": {"tokenizer": "exports/tokenizer.json"},
+}
+
+
+def available_formats() -> list[str]:
+    return [spec.name for spec in registered_formats() if spec.unavailable_reason("export") is None]
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny bundle with every CPU format and the text encoder exported."""
+    """The tiny bundle with every format this machine can build, exported in one session."""
     directory = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("export") / "b"))
     calibration = tmp_path_factory.mktemp("calibration")
-    for index in range(6):
+    for index in range(CALIBRATION_IMAGES):
         make_photo(calibration / f"c{index}.png", (90 + 10 * index, 70), seed=index)
-    summary = export_bundle(
-        directory,
-        [*CPU_FORMATS, "text-onnx"],
-        ExportOptions(parity_count=12, calibration=calibration, calibration_count=6),
+    options = ExportOptions(
+        parity_count=PARITY_IMAGES, calibration=calibration, calibration_count=CALIBRATION_IMAGES
     )
+    summary = export_bundle(directory, available_formats(), options)
     assert summary.failures == {}
     return directory
 
 
-def test_every_cpu_format_is_recorded_and_passes_its_gate(exported: Path) -> None:
-    manifest = open_bundle(exported).manifest
-    assert set(manifest.exports) == {*CPU_FORMATS, "text-onnx"}
-    for name, record in manifest.exports.items():
-        assert record.parity is not None and record.parity.passed, name
-        assert (exported / record.file).stat().st_size == record.bytes
-        assert record.parity.images == 12 and not record.parity.real_photos
-    for name in FP32_FORMATS:
-        parity = manifest.exports[name].parity
-        assert parity is not None and parity.max_abs_diff <= 1e-4, name
-        assert parity.top1_agreement == 1.0 and manifest.exports[name].precision == "fp32"
-    assert manifest.exports["onnx-int8"].precision == "int8"
-    assert manifest.exports["onnx-int8-static"].details["calibration"] == "minmax"
-    assert manifest.exports["onnx"].opset == 17 and manifest.exports["torchscript"].opset is None
-    assert manifest.exports["onnx-opt"].details["fused_Attention"] == 2  # tiny has 2 layers
-
-
-def test_onnx_graph_follows_the_contract(exported: Path) -> None:
-    model = onnx.load(str(exported / "exports" / "model.onnx"))
-    onnx.checker.check_model(model)
+def _check_onnx_signature(path: Path, spec: FormatSpec) -> None:
+    """Inputs and outputs named as the registry says, with a dynamic batch axis."""
+    model = onnx.load(str(path), load_external_data=False)
     assert model.opset_import[0].version >= 17
-    assert [i.name for i in model.graph.input] == ["pixels"]
-    assert [o.name for o in model.graph.output] == ["probabilities", "embeddings"]
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch.dim_param == "batch"  # dynamic batch axis
+    assert tuple(i.name for i in model.graph.input) == spec.signature.inputs
+    assert tuple(o.name for o in model.graph.output) == spec.signature.outputs
+    for value in model.graph.input:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
-@pytest.mark.parametrize("fmt", CPU_FORMATS)
-def test_engines_match_torch_at_any_batch_size(exported: Path, fmt: str) -> None:
-    bundle = open_bundle(exported)
-    pixels, _ = sample_pixels(bundle.manifest.preprocessing, None, 5, seed=3)
-    reference = create_engine(bundle, "torch").predict(pixels)
-    engine = create_engine(bundle, fmt)
-    limit = 1e-4 if bundle.manifest.exports[fmt].precision == "fp32" else 0.05
-    for size in (1, 5):
-        probs = engine.predict(pixels[:size])
-        assert probs.shape == (size, len(bundle.class_names))
-        np.testing.assert_allclose(probs, reference[:size], atol=limit)
-
-
-def test_open_vocabulary_through_the_onnx_text_encoder_matches_torch(exported: Path) -> None:
+def _check_open_vocabulary(exported: Path) -> None:
+    """The text encoder's engine is open vocabulary behind an ONNX image engine."""
     labels = ["dancing", "cooking dinner", "reading_a_book"]
     torch_predictor = Predictor.from_bundle(exported, "torch").with_labels(labels)
     onnx_predictor = Predictor.from_bundle(exported, "onnx").with_labels(labels)
@@ -90,7 +90,82 @@ def test_open_vocabulary_through_the_onnx_text_encoder_matches_torch(exported: P
     expected = np.stack([p.probabilities for p in torch_predictor.predict_pixels(pixels)])
     got = np.stack([p.probabilities for p in onnx_predictor.predict_pixels(pixels)])
     assert got.shape == (6, 3)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, expected, atol=limit_for(ParitySettings(), "fp32").max_abs_diff)
+
+
+@pytest.mark.parametrize("name", format_names())
+def test_every_format_exports_verifies_runs_and_keeps_parity(exported: Path, name: str) -> None:
+    spec = get_format(name)
+    reason = spec.unavailable_reason("export")
+    if reason is not None:
+        pytest.skip(reason)
+    bundle = open_bundle(exported)
+
+    # export + verify: recorded under the registry's file, hash checked, gate passed
+    path, record = bundle.export_file(name)
+    assert path == exported / "exports" / spec.file
+    assert record.bytes == path.stat().st_size
+    assert all((path.parent / companion).is_file() for companion in spec.companions)
+    assert record.precision == spec.precisions[0]
+    assert record.opset == (17 if spec.runtime == "onnxruntime" else None)
+    assert EXPECTED_DETAILS.get(name, {}).items() <= record.details.items()
+    if spec.runtime == "onnxruntime":
+        _check_onnx_signature(path, spec)
+
+    # parity: inside the gate of its precision, every image decided or excluded
+    parity = record.parity
+    assert parity is not None and parity.passed
+    assert parity.images == PARITY_IMAGES and not parity.real_photos
+    assert parity.decided_images is not None and parity.excluded_images is not None
+    assert parity.decided_images + parity.excluded_images == PARITY_IMAGES
+    limit = limit_for(ParitySettings(), record.precision)
+    assert parity.max_abs_diff <= limit.max_abs_diff
+
+    # engine: the registry's factory, at any batch size, against torch
+    if not spec.is_image:
+        _check_open_vocabulary(exported)
+        return
+    pixels, _ = sample_pixels(bundle.manifest.preprocessing, None, 5, seed=3)
+    reference = create_engine(bundle, "torch").predict(pixels)
+    engine = create_engine(bundle, name)
+    assert engine.format == name
+    for size in (1, 5):
+        probs = engine.predict(pixels[:size])
+        assert probs.shape == (size, len(bundle.class_names))
+        np.testing.assert_allclose(probs, reference[:size], atol=limit.max_abs_diff)
+
+
+def test_every_registered_format_has_an_exporter_and_a_parity_comparison() -> None:
+    assert set(EXPORTERS) == set(format_names())
+    for spec in registered_formats():
+        # a format without an image engine must say what its gate compares
+        assert spec.is_image or EXPORTERS[spec.name].compare is not image_outputs, spec.name
+    files = [name for spec in registered_formats() for name in (spec.file, *spec.companions)]
+    assert len(files) == len(set(files))
+
+
+def test_a_name_or_file_is_registered_once() -> None:
+    onnx_spec = get_format("onnx")
+    with pytest.raises(ClipHarError, match="already registered"):
+        register_format(onnx_spec)
+    with pytest.raises(ClipHarError, match=r"model\.onnx already taken"):
+        register_format(FormatSpec("onnx-copy", "model.onnx", ("fp32",), "onnxruntime"))
+    with pytest.raises(ClipHarError, match="invalid format spec"):
+        FormatSpec("torch", "model.pt", ("fp32",), "torchscript")  # the reference engine
+    assert "onnx-copy" not in format_names()
+
+
+def test_the_docs_table_lists_the_registry() -> None:
+    """docs/export.md "What is exported": one row per registered format, in order, with
+    the registry's files and precisions."""
+    section = DOCS.read_text().split("## What is exported", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
+    documented = [tuple(re.sub(r"[`\s]", "", cell) for cell in row) for row in rows]
+    expected = [
+        (spec.name, "+".join((spec.file, *spec.companions)), "/".join(spec.precisions))
+        for spec in registered_formats()
+    ]
+    assert documented == expected
 
 
 def test_onnx_open_vocabulary_runs_without_pytorch(exported: Path) -> None:
@@ -162,14 +237,17 @@ def test_a_failed_parity_gate_is_recorded_and_refused_unless_forced(
     assert open_bundle(copy).manifest.exports["onnx"].passed  # other records kept
 
 
-def test_tensorrt_without_cuda_fails_clearly_and_the_rest_is_exported(
-    tiny_bundle: Path, tmp_path: Path
+@pytest.mark.parametrize("name", [spec.name for spec in registered_formats() if spec.requires])
+def test_a_format_missing_its_requirement_fails_clearly_and_the_rest_is_exported(
+    tiny_bundle: Path, tmp_path: Path, name: str
 ) -> None:
+    reason = get_format(name).unavailable_reason("export")
+    if reason is None:
+        pytest.skip(f"this machine has what {name} needs")
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
-    summary = export_bundle(copy, ["onnx", "tensorrt"], ExportOptions(parity_count=2))
-    assert summary.failures["tensorrt"].startswith("TensorRT export needs CUDA + TensorRT")
+    summary = export_bundle(copy, ["onnx", name], ExportOptions(parity_count=2))
+    assert summary.failures[name] == reason
     assert list(open_bundle(copy).manifest.exports) == ["onnx"]
-    assert not (copy / "exports" / "model.plan").exists()
     assert [p.name for p in (copy / "exports").iterdir()] == ["model.onnx"]  # no work files
 
 
@@ -183,6 +261,8 @@ def test_bad_requests_are_clear_errors(tiny_bundle: Path, tmp_path: Path) -> Non
     assert "needs calibration images" in summary.failures["onnx-int8-static"]
     with pytest.raises(BundleError, match="no 'onnx-opt' export"):
         create_engine(open_bundle(copy), "onnx-opt")
+    with pytest.raises(ClipHarError, match="unknown engine format 'text-onnx'"):
+        create_engine(open_bundle(copy), "text-onnx")  # exported, but not an image engine
 
 
 def test_onnx_providers_missing_from_the_build_are_named(exported: Path) -> None:

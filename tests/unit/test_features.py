@@ -15,13 +15,13 @@ from conftest import make_photo
 from safetensors.torch import save_file
 
 from clip_har.data.manifest import conform
+from clip_har.errors import FeatureStoreError
 from clip_har.imaging import Preprocessor, load_image
 from clip_har.io import file_sha256
 from clip_har.models.backbone import Backbone
 from clip_har.training.features import (
     STORE_FILE,
     FeatureStore,
-    FeatureStoreError,
     default_store_root,
     preprocessing_hash,
 )

@@ -16,6 +16,7 @@ import torch
 
 from clip_har.inference.engines import create_engine
 from clip_har.models.bundle import open_bundle
+from clip_har.models.heads import HEADS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_bundles"
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text())
@@ -27,8 +28,9 @@ def seeded_pixels() -> np.ndarray:
     return np.random.default_rng(12).standard_normal((4, 3, 64, 64)).astype(np.float32)
 
 
-def test_every_head_type_has_a_legacy_bundle() -> None:
+def test_every_head_type_of_the_old_code_has_a_legacy_bundle() -> None:
     assert HEAD_TYPES == ["clip_adapter", "linear", "tip_adapter", "zero_shot"]
+    assert set(HEAD_TYPES) <= set(HEADS)
 
 
 @pytest.mark.parametrize("head_type", HEAD_TYPES)

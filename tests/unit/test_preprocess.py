@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
+from clip_har.errors import PreprocessingConfigError
 from clip_har.imaging import (
+    DEFAULT_MIN_SIDE,
     ImageConfig,
     ImageLoadError,
     Preprocessor,
@@ -287,10 +289,10 @@ def test_exif_orientation_is_applied(
 
 def test_load_image_accepts_paths_bytes_and_streams(tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
-    make_mode("RGBA", 40, 30).save(path)
+    make_mode("RGBA", 48, 36).save(path)
     for source in (path, str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
         image = load_image(source)
-        assert image.size == (40, 30) and image.mode == "RGBA"  # native mode kept
+        assert image.size == (48, 36) and image.mode == "RGBA"  # native mode kept
 
 
 # --------------------------------------------------------------------------- load errors
@@ -319,7 +321,7 @@ def write_jpeg(path: Path) -> bytes:
         ("empty", r"empty file \(0 bytes\)"),
         ("truncated", "truncated"),
         ("text", r"not an image \(cannot identify image file\)"),
-        ("pixel", r"image too small \(1x1 px; minimum side is 16 px\)"),
+        ("pixel", rf"image too small \(1x1 px; minimum side is {DEFAULT_MIN_SIDE} px\)"),
         ("directory", "directory"),
         ("missing", "not found"),
         ("bomb", "image too large"),
@@ -450,8 +452,9 @@ def test_hf_round_trip(config: ImageConfig) -> None:
     ],
 )
 def test_unsupported_configs_are_clear_errors(hf_config: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(PreprocessingConfigError, match=message) as info:
         ImageConfig.from_hf(hf_config)
+    assert info.value.field is not None and info.value.field in str(info.value)
 
 
 def test_fast_resize_is_active_and_exact_on_random_geometries() -> None:

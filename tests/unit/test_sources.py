@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from clip_har.data.manifest import COLUMNS
-from clip_har.data.sources import SourceError, import_source
-from clip_har.errors import ClipHarError
+from clip_har.data.sources import import_source
+from clip_har.errors import ClipHarError, SourceError
 from clip_har.io import file_sha256
 
 

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clip_har.config import load_settings
 from clip_har.data.duplicates import duplicate_group_ids
 from clip_har.data.hashing import perceptual_hash
 from clip_har.data.manifest import conform
-from clip_har.data.splits import parse_ratios, split_manifest, targets
+from clip_har.data.splits import split_manifest, targets
 from clip_har.errors import ConfigError
 from clip_har.io import file_sha256
 
@@ -44,10 +45,22 @@ def test_targets_use_largest_remainder() -> None:
     assert targets(0, (0.7, 0.15, 0.15)) == [0, 0, 0]
 
 
-@pytest.mark.parametrize("text", ["0.7,0.3", "a,b,c", "0.5,0.5,0.5", "-0.1,0.6,0.5"])
-def test_bad_ratios_are_clear_errors(text: str) -> None:
-    with pytest.raises(ConfigError, match="three non-negative numbers"):
-        parse_ratios(text)
+@pytest.mark.parametrize(
+    ("ratios", "problem"),
+    [
+        ("0.7,0.3", "three non-negative numbers"),
+        ([0.5, 0.5, 0.5], "three non-negative numbers"),
+        ("-0.1,0.6,0.5", "three non-negative numbers"),
+        ("a,b,c", r"split\.ratios\.0: Input should be a valid number"),
+    ],
+)
+def test_bad_ratios_are_clear_errors(
+    ratios: str | list[float], problem: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml
+    monkeypatch.delenv("CLIP_HAR_PARAMS", raising=False)
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(overrides={"split": {"ratios": ratios}})
 
 
 def test_split_is_stratified_and_leak_free() -> None:

@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, TensorRTUnavailableError
 from clip_har.export.tensorrt import (
-    TensorRTUnavailableError,
     build_tensorrt_engine,
     inspect_onnx,
     tensorrt_unavailable_reason,

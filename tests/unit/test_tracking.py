@@ -19,12 +19,11 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from clip_har.errors import ConfigError
+from clip_har.errors import ConfigError, TrackingError
 from clip_har.tracking import (
     FanOutTracker,
     MLflowTracker,
     NullTracker,
-    TrackingError,
     WandbTracker,
     create_tracker,
     flatten,

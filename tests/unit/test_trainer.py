@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from clip_har.config import TrainSettings
 from clip_har.data.balance import weighted_sampler
 from clip_har.data.datasets import Batch
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, DistributedError, TrainingError
 from clip_har.models.backbone import Backbone
 from clip_har.training.distributed import (
     DistContext,
-    DistributedError,
     EpochSampler,
     all_reduce_mean,
     broadcast_object,
@@ -32,7 +33,6 @@ from clip_har.training.trainer import (
     CHECKPOINT_FILE,
     TrainConfig,
     Trainer,
-    TrainingError,
     WarmupCosine,
     feature_loader,
     parameter_groups,
@@ -88,11 +88,30 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: fl
         ({"label_smoothing": -0.1}, "label_smoothing"),
         ({"patience": 0}, "patience"),
         ({"grad_clip": 0.0}, "grad_clip"),
+        ({"lr": 0.0}, "lr"),
+        ({"seed": -1}, "seed"),
+        ({"precision": "fp8"}, "precision"),
     ],
 )
 def test_config_rejects_bad_settings(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         TrainConfig(**settings)
+
+
+def test_config_is_built_from_the_train_settings_field_by_field() -> None:
+    train = TrainSettings(
+        epochs=3, lr=0.5, precision="bf16", patience=2, seed=9, distributed="fsdp"
+    )
+    config = TrainConfig.from_settings(train)
+    assert asdict(config) == {item.name: getattr(train, item.name) for item in fields(config)}
+    assert config.distributed == "fsdp" and config.precision == "bf16"
+    defaults = TrainSettings()  # the same defaults as the settings, but ``auto`` spreading
+    assert asdict(TrainConfig()) == {
+        **{item.name: getattr(defaults, item.name) for item in fields(TrainConfig)},
+        "distributed": "auto",
+    }
+    with pytest.raises(TrainingError, match=r"distributed must be auto, none, ddp, fsdp"):
+        TrainConfig(distributed="threads")  # type: ignore[arg-type]
 
 
 def test_fp16_on_cpu_is_a_clear_error() -> None:
@@ -343,6 +362,22 @@ def test_checkpoint_contents(tmp_path: Path) -> None:
     fresh.load_state_dict(saved["model"], strict=True)
 
 
+def test_a_checkpoint_from_before_the_distributed_rename_resumes_as_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = _data(32)
+    trainer = Trainer(TrainConfig(epochs=2, batch_size=8), checkpoint_dir=tmp_path)
+    trainer.fit(_model(), feature_loader(x, y, batch_size=8, seed=0), _scripted([0.5, 0.7]))
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    saved["config"]["parallel"] = saved["config"].pop("distributed")  # the old key
+    torch.save(saved, tmp_path / CHECKPOINT_FILE)
+    with caplog.at_level("WARNING"):
+        again = trainer.fit(
+            _model(seed=4), feature_loader(x, y, batch_size=8, seed=0), _scripted([]), resume=True
+        )
+    assert again.best_epoch == 1 and "changed settings" not in caplog.text
+
+
 def test_resume_of_a_finished_run_returns_at_once(tmp_path: Path) -> None:
     x, y = _data(32)
     trainer = Trainer(TrainConfig(epochs=2, batch_size=8), checkpoint_dir=tmp_path)
@@ -380,11 +415,11 @@ def test_without_torchrun_the_context_is_local(monkeypatch: pytest.MonkeyPatch) 
     crowd = DistContext(0, 2, 0, torch.device("cpu"), None)
     with pytest.raises(DistributedError, match="independent copies"):
         wrap_model(_model(), "none", crowd)
-    for mode in ("ddp", "fsdp"):
+    for distributed in ("ddp", "fsdp"):
         with pytest.raises(DistributedError, match="torchrun --nproc_per_node"):
-            wrap_model(_model(), mode, context)  # type: ignore[arg-type]
+            wrap_model(_model(), distributed, context)  # type: ignore[arg-type]
     with pytest.raises(DistributedError, match="torchrun"):
-        Trainer(TrainConfig(epochs=1, parallel="fsdp")).fit(
+        Trainer(TrainConfig(epochs=1, distributed="fsdp")).fit(
             _model(), feature_loader(*_data(8), batch_size=8, seed=0), _scripted([0.5])
         )
 

@@ -8,7 +8,10 @@ import typer
 from rich.markup import escape
 
 from clip_har.cli.common import ProgressBar, err_console, settings_from
-from clip_har.errors import ClipHarError
+from clip_har.config import split_commas
+from clip_har.devices import DEVICE_NAMES, parse_device
+from clip_har.errors import ClipHarError, UsageError
+from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 
 
 def benchmark(
@@ -17,7 +20,8 @@ def benchmark(
     formats: str | None = typer.Option(
         None,
         "--formats",
-        help="Comma-separated formats (default: torch + every format the bundle has exported).",
+        help=f"Comma-separated, of {', '.join(engine_formats())} (default: torch + every "
+        "format the bundle has exported).",
     ),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated sizes."),
     data: Path | None = typer.Option(
@@ -29,7 +33,7 @@ def benchmark(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Intra-op threads for every engine (default: all usable)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", "--device", help=f"{DEVICE_NAMES}."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Folder for the results (default: BUNDLE/exports/benchmark)."
     ),
@@ -61,21 +65,21 @@ def benchmark(
         parse_batch_sizes,
         run_benchmark,
     )
-    from clip_har.inference.engines import IMAGE_FORMATS
     from clip_har.models.bundle import open_bundle
-    from clip_har.tracking import create_tracker, parse_backends
+    from clip_har.tracking import create_tracker
 
+    device = str(parse_device(device))
     sizes = parse_batch_sizes(batch_sizes)
     if data is not None and not data.exists():
         raise ClipHarError(f"--data {data}: no such file or folder")
     opened = open_bundle(bundle)
     if formats is None:
-        exported = [name for name in opened.manifest.exports if name in IMAGE_FORMATS]
-        chosen = ["torch", *(name for name in exported if name != "torch")]
+        exported = [name for name in opened.manifest.exports if name in engine_formats()]
+        chosen = [REFERENCE_FORMAT, *exported]
     else:
-        chosen = [name.strip() for name in formats.split(",") if name.strip()]
+        chosen = split_commas(formats)
         if not chosen:
-            raise ClipHarError(f"--formats '{formats}' names no format")
+            raise UsageError(f"--formats '{formats}' names no format")
     config = BenchmarkConfig(
         formats=tuple(chosen),
         batch_sizes=sizes,
@@ -91,7 +95,7 @@ def benchmark(
     target = output if output is not None else opened.directory / "exports" / "benchmark"
     settings = settings_from(ctx)
     tracker = create_tracker(
-        parse_backends(tracking),
+        split_commas(tracking),
         experiment=settings.train.experiment,
         strict=strict_tracking,
         root=Path.cwd(),

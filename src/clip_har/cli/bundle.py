@@ -18,7 +18,11 @@ def create(
     output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to write."),
     model: str | None = typer.Option(None, "--model", "-m", help="Hub id, directory or preset."),
     classes: str | None = typer.Option(
-        None, "--classes", "-c", help="Class list name (har15) or a text file, one per line."
+        None,
+        "--classes",
+        "-c",
+        help="Class list name (har15), a text file with one name per line, or a,b,c "
+        "[params: data.classes].",
     ),
     prompts: str | None = typer.Option(None, "--prompts", "-p", help="Prompt set name or YAML."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: folder name)."),
@@ -31,10 +35,10 @@ def create(
     from clip_har.models.backbone import load_backbone
     from clip_har.models.bundle import save_bundle
     from clip_har.models.classifier import build_zero_shot_classifier
-    from clip_har.models.prompts import load_class_names, load_prompt_set
+    from clip_har.models.prompts import load_prompt_set, resolve_class_names
 
     settings = settings_from(ctx)
-    class_names = load_class_names(classes or settings.data.classes)
+    class_names = resolve_class_names(classes or settings.data.classes)
     prompt_set = load_prompt_set(prompts or settings.prompts.set)
     with err_console.status("loading model…"):
         backbone = load_backbone(

@@ -90,9 +90,11 @@ def _print_import_summary(frame: pd.DataFrame) -> None:
 def has_labels(
     manifest: Path = typer.Argument(..., help="A manifest.parquet or the folder holding one."),
 ) -> None:
-    """Exit 0 when MANIFEST has labelled rows, 1 when it has none (for scripts, like `test`)."""
+    """Print `yes` when MANIFEST has labelled rows, `no` when it has none (for scripts).
+
+    An unreadable manifest is an error (exit 1), never a `no`.
+    """
     labels = read_manifest(manifest)["label"]
     labelled = int(labels.notna().sum())
     err_console.print(f"{escape(str(manifest))}: {labelled} of {len(labels)} rows labelled")
-    if not labelled:
-        raise typer.Exit(1)
+    console.print("yes" if labelled else "no")

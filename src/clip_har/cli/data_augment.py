@@ -20,6 +20,7 @@ from clip_har.data.augment import POLICIES, Augmenter
 from clip_har.data.manifest import read_manifest
 from clip_har.errors import ClipHarError
 from clip_har.imaging import ImageConfig, Preprocessor, load_image
+from clip_har.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def _save_grid(
             axes[1 + epoch].set_title(f"epoch {epoch}", color="dimgray")
         for cell in axes:
             cell.set_axis_off()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, format="png", dpi=_DPI)
+    with atomic_write(output) as staging:
+        figure.savefig(staging, format="png", dpi=_DPI)
 
 
 def preview_augment_command(

@@ -28,7 +28,7 @@ def balance_command(
         "median", "--target", help="Images per class: a number, or min / max / median."
     ),
     split: str = typer.Option("train", "--split", help="The split to balance; others are kept."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for which rows are drawn."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed for which rows are drawn."),
     scheme: str = typer.Option(
         "inverse", "--scheme", help=f"Class weights in the report: {', '.join(SCHEMES)}."
     ),

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from clip_har.cli.common import console, drop_none, settings_from
+from clip_har.config import DEFAULT_NEAR_DISTANCE, DEFAULT_SPLIT_RATIOS
+from clip_har.io import write_text_atomic
 
 
 def split_command(
@@ -16,22 +18,26 @@ def split_command(
     directory: Path = typer.Argument(..., help="Folder holding manifest.parquet (validated)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write the split into."),
     ratios: str | None = typer.Option(
-        None, "--ratios", help="train,val,test fractions [params: split.ratios, 0.7,0.15,0.15]."
+        None,
+        "--ratios",
+        help="train,val,test fractions "
+        f"[params: split.ratios, {','.join(map(str, DEFAULT_SPLIT_RATIOS))}].",
     ),
     seed: int | None = typer.Option(
-        None, "--seed", help="Random seed for the assignment [params: split.seed, 0]."
+        None, "--seed", min=0, help="Random seed for the assignment [params: split.seed, 0]."
     ),
     near_distance: int | None = typer.Option(
         None,
         "--near-distance",
         min=0,
         max=63,
-        help="Max perceptual-hash distance of near duplicates [params: data.near_distance, 4].",
+        help="Max perceptual-hash distance of near duplicates "
+        f"[params: data.near_distance, {DEFAULT_NEAR_DISTANCE}].",
     ),
 ) -> None:
     """Split a manifest so duplicates never cross splits; report per-class counts."""
     from clip_har.data.manifest import read_manifest, write_manifest
-    from clip_har.data.splits import SPLITS, parse_ratios, split_manifest
+    from clip_har.data.splits import SPLITS, split_manifest
 
     settings = settings_from(
         ctx,
@@ -43,12 +49,12 @@ def split_command(
     seed = settings.split.seed
     result = split_manifest(
         read_manifest(directory),
-        parse_ratios(settings.split.ratios),
+        settings.split.ratios,
         seed=seed,
         near_distance=settings.data.near_distance,
     )
     write_manifest(result.manifest, output)
-    (output / "split_report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    write_text_atomic(output / "split_report.json", json.dumps(result.report, indent=2) + "\n")
 
     table = Table(title=f"split of {len(result.manifest)} images (seed {seed})")
     table.add_column("class")

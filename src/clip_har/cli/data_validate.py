@@ -12,23 +12,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.config import DEFAULT_NEAR_DISTANCE
 from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.data.report import write_report
 from clip_har.data.validate import REASONS, REJECTED_COLUMNS, validate
 from clip_har.errors import ClipHarError
+from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from clip_har.io import write_text_atomic
-from clip_har.models.prompts import load_class_names, validate_class_names
+from clip_har.models.prompts import resolve_class_names
 
 REJECTED_FILE = "rejected.csv"
-
-
-def _classes(value: str | None) -> list[str] | None:
-    """A built-in list name (``har15``), a text file with one name per line, or ``a,b,c``."""
-    if value is None:
-        return None
-    if "," in value and not Path(value).exists():
-        return validate_class_names(value.split(","), source="--classes")
-    return load_class_names(value)
 
 
 def validate_command(
@@ -47,14 +40,15 @@ def validate_command(
         None,
         "--min-side",
         min=1,
-        help="Reject images whose shorter side is smaller [params: data.min_image_side, 32].",
+        help="Reject images whose shorter side is smaller "
+        f"[params: data.min_image_side, {DEFAULT_MIN_SIDE}].",
     ),
     max_pixels: int | None = typer.Option(
         None,
         "--max-pixels",
         min=1,
         help="Reject larger images from their header, without decoding (bomb guard) "
-        "[params: data.max_image_pixels, 64000000].",
+        f"[params: data.max_image_pixels, {DEFAULT_MAX_PIXELS}].",
     ),
     near_distance: int | None = typer.Option(
         None,
@@ -62,7 +56,7 @@ def validate_command(
         min=0,
         max=63,
         help="Near duplicates: perceptual hashes at most this many bits apart "
-        "[params: data.near_distance, 4].",
+        f"[params: data.near_distance, {DEFAULT_NEAR_DISTANCE}].",
     ),
 ) -> None:
     """Fully decode every image; write a clean manifest, rejected.csv and the data report.
@@ -83,7 +77,7 @@ def validate_command(
         },
     ).data
     frame = read_manifest(directory)
-    known = _classes(classes)
+    known = None if classes is None else resolve_class_names(classes, source="--classes")
     if output.exists() and not output.is_dir():
         raise ClipHarError(f"--output {output} exists and is not a folder")
 

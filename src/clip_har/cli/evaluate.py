@@ -8,8 +8,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clip_har.cli.common import ProgressBar, console, err_console, settings_from
-from clip_har.errors import ClipHarError
+from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.errors import UsageError
+from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 
 app = typer.Typer(
     help="Evaluate a bundle on a manifest (or `evaluate compare` evaluations).",
@@ -26,28 +27,34 @@ def evaluate(
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate, or 'all'."),
     format: str = typer.Option(
-        "torch", "--format", help="Engine: torch, or an export (onnx, onnx-int8, ...)."
+        REFERENCE_FORMAT,
+        "--format",
+        help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the results."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Images per forward pass [params: predict.batch_size]."
+    ),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     tracking: str | None = typer.Option(
-        None, "--tracking", help="mlflow, wandb, none (default: params train.tracking)."
+        None, "--tracking", help="mlflow, wandb, none, or a,b [params: train.tracking]."
     ),
 ) -> None:
     """Predict every image of --data with --bundle; write metrics.json, predictions.csv,
-    report.html, report.md and the plots to --output."""
+    report.html, report.md and the plots to --output. Images are read with the same
+    guards as `predict` (params data.min_image_side and data.max_image_pixels)."""
     if ctx.invoked_subcommand is not None:
         return
     if bundle is None or data is None or output is None:
-        raise ClipHarError("clip-har evaluate needs --bundle, --data and --output")
+        raise UsageError("clip-har evaluate needs --bundle, --data and --output")
     from clip_har.evaluation.run import evaluate as run_evaluation
-    from clip_har.tracking import create_tracker, parse_backends
+    from clip_har.inference.predictor import PredictOptions
+    from clip_har.tracking import create_tracker
 
-    settings = settings_from(ctx)
+    settings = settings_from(ctx, {"train": drop_none({"tracking": tracking})})
     tracker = create_tracker(
-        parse_backends(tracking or settings.train.tracking),
+        settings.train.tracking,
         experiment=settings.train.experiment,
         root=Path.cwd(),
     )
@@ -63,7 +70,7 @@ def evaluate(
             output,
             split=split,
             format=format,
-            batch_size=batch_size,
+            options=PredictOptions.from_settings(settings, batch_size=batch_size),
             n_bootstrap=bootstrap,
             seed=seed,
             progress=bar,
@@ -102,7 +109,7 @@ def compare(
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for compare.{json,md,html}."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
     """Side-by-side table, delta plot, McNemar test and paired bootstrap CIs."""
     from clip_har.evaluation.compare_runs import HEADERS, compare_evaluations, table_rows

@@ -8,8 +8,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clip_har.cli.common import console, err_console, settings_from
-from clip_har.errors import ClipHarError
+from clip_har.cli.common import (
+    choice_metavar,
+    console,
+    drop_none,
+    err_console,
+    one_of,
+    settings_from,
+)
+from clip_har.config import CALIBRATION_METHODS
+from clip_har.errors import ClipHarError, UsageError
+from clip_har.inference.formats import format_names, get_format
+
+_TENSORRT_PRECISIONS = get_format("tensorrt").precisions
 
 
 def export(
@@ -18,21 +29,29 @@ def export(
     formats: str | None = typer.Option(
         None,
         "--formats",
-        help="Comma-separated: onnx, onnx-opt, onnx-int8, onnx-int8-static, onnx-fp16, "
-        "torchscript, tensorrt, text-onnx (default: params export.formats).",
+        help=f"Comma-separated: {', '.join(format_names())} (default: params export.formats).",
     ),
     calibration: Path | None = typer.Option(
         None, "--calibration", help="Data manifest folder or image folder for static int8."
     ),
     calibration_method: str | None = typer.Option(
-        None, "--calibration-method", help="minmax, entropy or percentile."
+        None,
+        "--calibration-method",
+        parser=one_of(CALIBRATION_METHODS),
+        metavar=choice_metavar(CALIBRATION_METHODS),
+        help="Static int8 calibration (default: params export.calibration).",
     ),
     parity_data: Path | None = typer.Option(
         None, "--parity-data", help="Real photos for the parity gate (folder or manifest)."
     ),
     parity_images: int | None = typer.Option(None, "--parity-images", min=1),
     opset: int | None = typer.Option(None, "--opset", min=17),
-    tensorrt_precision: str = typer.Option("fp16", "--tensorrt-precision", help="fp16 or int8."),
+    tensorrt_precision: str = typer.Option(
+        _TENSORRT_PRECISIONS[0],
+        "--tensorrt-precision",
+        parser=one_of(_TENSORRT_PRECISIONS),
+        metavar=choice_metavar(_TENSORRT_PRECISIONS),
+    ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Runtime threads."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Export into a copy of BUNDLE here (BUNDLE is untouched)."
@@ -41,16 +60,9 @@ def export(
 ) -> None:
     """Export BUNDLE into BUNDLE/exports, check every artifact against torch fp32 and record
     it in the manifest. Exits 1 if a format could not be exported or failed its gate."""
-    from clip_har.export.run import ExportOptions, copy_bundle, export_bundle
+    from clip_har.export.run import ExportOptions, copy_bundle, export_bundle, parse_formats
 
-    if tensorrt_precision not in ("fp16", "int8"):
-        raise ClipHarError(f"--tensorrt-precision must be fp16 or int8, not '{tensorrt_precision}'")
-    if calibration_method not in (None, "minmax", "entropy", "percentile"):
-        raise ClipHarError(
-            f"--calibration-method must be minmax, entropy or percentile, not "
-            f"'{calibration_method}'"
-        )
-    settings = settings_from(ctx).export
+    settings = settings_from(ctx, {"export": drop_none({"formats": formats})}).export
     options = ExportOptions.from_settings(
         settings,
         opset=opset,
@@ -61,6 +73,10 @@ def export(
         tensorrt_precision=tensorrt_precision,
         threads=threads,
     )
+    try:  # unknown names fail before anything is copied
+        names = parse_formats(settings.formats)
+    except ClipHarError as exc:  # a bad --formats is a usage error; a bad params.yaml is not
+        raise (UsageError(str(exc)) if formats is not None else exc) from None
     if output is not None:
         bundle = copy_bundle(bundle, output, overwrite=force)
     with err_console.status("loading the bundle") as status:
@@ -68,9 +84,10 @@ def export(
         def progress(name: str, done: int, total: int) -> None:
             status.update(f"[{min(done + 1, total)}/{total}] exporting {name}")
 
-        summary = export_bundle(bundle, formats or settings.formats, options, progress)
+        summary = export_bundle(bundle, names, options, progress)
     table = Table(title=escape(f"exports of {bundle}"))
-    for column in ("format", "file", "MB", "precision", "max |Δp|", "top-1", "gate"):
+    columns = ("format", "file", "MB", "precision", "max |Δp|", "top-1", "decided", "gate")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("MB", "max |Δp|") else "left")
     for record in summary.records.values():
         parity = record.parity
@@ -82,6 +99,7 @@ def export(
             record.precision,
             f"{parity.max_abs_diff:.2e}",
             f"{parity.top1_agreement:.1%}",
+            f"{parity.decided_images}/{parity.images}",
             "[green]passed[/green]" if parity.passed else "[red]FAILED[/red]",
         )
     console.print(table)
@@ -89,7 +107,10 @@ def export(
         parity = next(iter(summary.records.values())).parity
         assert parity is not None
         kind = "real photos" if parity.real_photos else "synthetic images (use --parity-data)"
-        console.print(f"parity: {parity.images} {kind} against torch fp32")
+        console.print(
+            f"parity: {parity.images} {kind} against torch fp32; top-1 agreement counts the "
+            "decided images (reference top-1 margin over 2 x max |Δp|), near-ties are excluded"
+        )
     for name, reason in summary.failures.items():
         err_console.print(f"[bold red]{escape(name)} not exported:[/bold red] {escape(reason)}")
     failed = summary.gate_failures

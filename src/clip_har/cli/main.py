@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from clip_har.cli import bundle, data, evaluate, train
 from clip_har.cli.benchmark import benchmark
-from clip_har.cli.common import configure_logging, err_console
+from clip_har.cli.common import ClipHarGroup, configure_logging
 from clip_har.cli.export import export
 from clip_har.cli.predict import predict
-from clip_har.errors import ClipHarError
+from clip_har.config import load_settings
 from clip_har.version import __version__
 
 app = typer.Typer(
     name="clip-har",
-    help="Human action recognition with CLIP: zero-shot, fine-tuned, exported and served.",
+    cls=ClipHarGroup,
+    help="Human action recognition with CLIP: zero-shot, fine-tuned and exported.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -50,16 +49,11 @@ def root(
 ) -> None:
     """Global options."""
     configure_logging(verbose)
+    if params is not None:
+        load_settings(params)  # a broken --params file fails every command, before any work
     ctx.obj = {"params": params}
 
 
 def main() -> None:
-    """Console entry point: known errors become one message and exit code 1."""
-    try:
-        app()
-    except ClipHarError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    """Console entry point; :class:`ClipHarGroup` turns errors into messages and exit codes."""
+    app()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -17,19 +15,22 @@ from rich.table import Table
 
 from clip_har.errors import ClipHarError
 from clip_har.inference.predictor import FileResult
+from clip_har.io import write_text_atomic
 
 
-class OutputFormat(str, Enum):
+class Rendering(str, Enum):
+    """How ``predict`` prints its results on stdout (``--print``)."""
+
     table = "table"
     json = "json"
     csv = "csv"
 
 
-CSV_COLUMNS = ("path", "label", "score", "top_k", "error")
+CSV_COLUMNS = ("path", "label", "score", "top_k", "error", "error_code")
 
 
 def result_row(result: FileResult) -> dict[str, Any]:
-    """A flat record: failures keep their row, with an empty label and the reason."""
+    """A flat record: failures keep their row, with an empty label, the reason and its code."""
     prediction = result.prediction
     return {
         "path": str(result.path),
@@ -39,6 +40,7 @@ def result_row(result: FileResult) -> dict[str, Any]:
         if prediction
         else [],
         "error": result.error,
+        "error_code": result.code.value if result.code else None,
     }
 
 
@@ -83,16 +85,8 @@ RENDERERS = {".csv": to_csv, ".json": to_json}
 
 
 def write_results(path: Path, results: Sequence[FileResult]) -> None:
-    """Write results atomically, in the format named by the file suffix (.csv or .json)."""
+    """Write results atomically, as CSV or JSON according to the file suffix."""
     render = RENDERERS.get(path.suffix.lower())
     if render is None:
-        raise ClipHarError(f"cannot tell the output format of {path}: use a .csv or .json name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(render(results))
-        Path(staging).replace(path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+        raise ClipHarError(f"cannot tell how to write {path}: use a .csv or .json name")
+    write_text_atomic(path, render(results))

@@ -7,16 +7,22 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
-from clip_har.cli.output import OutputFormat, to_csv, to_json, to_table, write_results
+from clip_har.cli.common import (
+    EXIT_PARTIAL,
+    ProgressBar,
+    console,
+    drop_none,
+    err_console,
+    settings_from,
+)
+from clip_har.cli.output import Rendering, to_csv, to_json, to_table, write_results
 from clip_har.config import Settings
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.engines import EngineOptions
+from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 from clip_har.inference.inputs import collect_inputs
 from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
-from clip_har.models.prompts import load_class_names, load_prompt_set, validate_class_names
-
-EXIT_SOME_FAILED = 2
+from clip_har.models.prompts import load_prompt_set, parse_class_names, resolve_class_names
 
 
 def predict(
@@ -31,15 +37,17 @@ def predict(
     ),
     prompts: str | None = typer.Option(None, "--prompts", help="Prompt set name or YAML file."),
     top_k: int | None = typer.Option(None, "--top-k", "-k", min=1, help="Labels per image."),
-    output_format: OutputFormat = typer.Option(
-        OutputFormat.table, "--format", "-f", help="What to print on stdout."
+    print_as: Rendering = typer.Option(
+        Rendering.table, "--print", help="How to print the results on stdout."
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Also write results to a .csv or .json file."
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
-    engine: str = typer.Option(
-        "torch", "--engine", "-e", help="torch, or a bundle export: onnx, onnx-int8, ..."
+    model_format: str = typer.Option(
+        REFERENCE_FORMAT,
+        "--format",
+        help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
     ),
     force: bool = typer.Option(
         False, "--force", help="Use an export even if it failed its parity gate."
@@ -48,11 +56,11 @@ def predict(
         False, "--skip-errors", help="Exit 0 even when some files could not be read."
     ),
 ) -> None:
-    """Predict the action in each image. Exit code 2 when some files failed."""
+    """Predict the action in each image. Exit code 3 when some files failed."""
     if bundle is not None and model is not None:
-        raise ClipHarError("use either --bundle or --model, not both")
-    if engine != "torch" and bundle is None:
-        raise ClipHarError(f"--engine {engine} runs a bundle's export: pass --bundle")
+        raise UsageError("use either --bundle or --model, not both")
+    if model_format != REFERENCE_FORMAT and bundle is None:
+        raise UsageError(f"--format {model_format} runs a bundle's export: pass --bundle")
     settings = settings_from(
         ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
     )
@@ -63,15 +71,15 @@ def predict(
         raise ClipHarError("no input images found")
 
     predictor = _make_predictor(
-        settings, bundle, model, labels, prompts, EngineOptions(force=force), engine
+        settings, bundle, model, labels, prompts, EngineOptions(force=force), model_format
     )
     results = _run(predictor, collected.paths)
 
     title = escape(f"{len(collected.paths)} images — model: {predictor.model_label}")
-    if output_format is OutputFormat.table:
+    if print_as is Rendering.table:
         console.print(to_table(results, title))
     else:
-        renderer = to_json if output_format is OutputFormat.json else to_csv
+        renderer = to_json if print_as is Rendering.json else to_csv
         typer.echo(renderer(results), nl=False)
     if output is not None:
         write_results(output, results)
@@ -85,7 +93,7 @@ def predict(
         + (f", [red]{len(failed)} failed[/red]" if failed else "")
     )
     if (failed or collected.unmatched) and not skip_errors:
-        raise typer.Exit(EXIT_SOME_FAILED)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _make_predictor(
@@ -95,32 +103,23 @@ def _make_predictor(
     labels: str | None,
     prompts: str | None,
     engine_options: EngineOptions,
-    engine: str,
+    model_format: str,
 ) -> Predictor:
-    options = PredictOptions(
-        top_k=settings.predict.top_k,
-        batch_size=settings.predict.batch_size,
-        min_side=settings.data.min_image_side,
-        max_pixels=settings.data.max_image_pixels,
-    )
-    label_list = _parse_labels(labels) if labels is not None else None
+    options = PredictOptions.from_settings(settings)
+    label_list = parse_class_names(labels, source="--labels") if labels is not None else None
     prompt_set = load_prompt_set(prompts) if prompts else None
     with err_console.status("loading model…"):
         if bundle is not None:
-            predictor = Predictor.from_bundle(bundle, engine, options, engine_options)
+            predictor = Predictor.from_bundle(bundle, model_format, options, engine_options)
             return predictor.with_labels(label_list, prompt_set) if label_list else predictor
         return Predictor.from_model(
             model or settings.model.spec,
-            label_list or load_class_names(settings.data.classes),
+            label_list or resolve_class_names(settings.data.classes),
             prompt_set or settings.prompts.set,
             revision=settings.model.revision if model is None else None,
             cache_dir=settings.cache_dir,
             options=options,
         )
-
-
-def _parse_labels(text: str) -> list[str]:
-    return validate_class_names([label for label in text.split(",")], source="--labels")
 
 
 def _run(predictor: Predictor, paths: list[Path]) -> list[FileResult]:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.cli.common import (
+    ProgressBar,
+    console,
+    drop_none,
+    err_console,
+    one_of,
+    settings_from,
+)
 from clip_har.cli.train_embed import embed_command
-from clip_har.errors import ClipHarError
+from clip_har.config import DistributedMode
+from clip_har.errors import UsageError
 from clip_har.io import write_text_atomic
-from clip_har.training.strategies import FEATURE_STRATEGIES
-
-STRATEGIES = (*FEATURE_STRATEGIES, "lora", "partial")
+from clip_har.training.strategies import STRATEGIES
 
 app = typer.Typer(
     help="Train heads on cached embeddings (or `train embed` to fill the cache).",
@@ -24,7 +31,10 @@ app = typer.Typer(
 app.command("embed")(embed_command)
 
 
-@app.callback()
+@app.callback(
+    epilog="Strategies:\n\n"
+    + "\n\n".join(f"{spec.name}: {spec.summary}" for spec in STRATEGIES.values())
+)
 def train(
     ctx: typer.Context,
     data: Path | None = typer.Option(
@@ -32,14 +42,19 @@ def train(
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Bundle directory to write."),
     strategy: str | None = typer.Option(
-        None, "--strategy", "-s", help=f"One of: {', '.join(STRATEGIES)}."
+        None,
+        "--strategy",
+        "-s",
+        parser=one_of(list(STRATEGIES)),
+        metavar="NAME",
+        help="A strategy listed below (default: params train.strategy).",
     ),
     model: str | None = typer.Option(None, "--model", "-m", help="Hub id, folder or preset."),
     prompts: str | None = typer.Option(None, "--prompts", help="Prompt set name or YAML file."),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     lr: float | None = typer.Option(None, "--lr", min=0.0),
-    seed: int | None = typer.Option(None, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", min=0),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (CUDA)."),
     balance: str | None = typer.Option(None, "--balance", help="none or weights."),
     select_prompts: bool | None = typer.Option(
@@ -51,10 +66,11 @@ def train(
         None, "--augment", help="End-to-end: none, light or strong augmentation."
     ),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Image-loading processes."),
-    distributed: str = typer.Option(
-        "none",
+    distributed: str | None = typer.Option(
+        None,
         "--distributed",
-        help="none, ddp or fsdp; run under `torchrun --nproc_per_node N -m clip_har.cli train`.",
+        help=f"{', '.join(get_args(DistributedMode))}; ddp and fsdp run under "
+        "`torchrun --nproc_per_node N -m clip_har.cli train`.",
     ),
     checkpoint_dir: Path | None = typer.Option(
         None, "--checkpoint-dir", help="Save a checkpoint every epoch here (gradient strategies)."
@@ -76,7 +92,7 @@ def train(
     if ctx.invoked_subcommand is not None:
         return
     if data is None or output is None:
-        raise ClipHarError("clip-har train needs --data DIR and --output BUNDLE (or `train embed`)")
+        raise UsageError("clip-har train needs --data DIR and --output BUNDLE (or `train embed`)")
     settings = settings_from(
         ctx,
         {
@@ -96,24 +112,20 @@ def train(
                     "lora_rank": lora_rank,
                     "augment": augment,
                     "workers": workers,
+                    "distributed": distributed,
                     "tracking": tracking,
                 }
             ),
         },
     )
-    if settings.train.strategy not in STRATEGIES:
-        raise ClipHarError(
-            f"unknown strategy {settings.train.strategy!r}; choose one of {', '.join(STRATEGIES)}"
-        )
-    if distributed not in ("none", "ddp", "fsdp"):
-        raise ClipHarError(f"--distributed must be none, ddp or fsdp, not {distributed!r}")
     if resume and checkpoint_dir is None:
-        raise ClipHarError("--resume needs --checkpoint-dir")
+        raise UsageError("--resume needs --checkpoint-dir")
     # torch, sklearn and peft load only when training
     from clip_har.training.distributed import cleanup, init_distributed, local_context
     from clip_har.training.run import run_training
 
-    dist = local_context() if distributed == "none" else init_distributed()
+    distributed_run = settings.train.distributed != "none"
+    dist = init_distributed() if distributed_run else local_context()
     try:
         with ProgressBar("embedding") as bar:
             outcome = run_training(
@@ -124,12 +136,11 @@ def train(
                 overwrite=force,
                 progress=bar if dist.is_main else None,
                 dist=dist,
-                parallel="none" if distributed == "none" else distributed,
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,
             )
     finally:
-        if distributed != "none":
+        if distributed_run:
             cleanup()
     if outcome.bundle is None:  # not rank 0
         return

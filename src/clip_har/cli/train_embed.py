@@ -42,7 +42,12 @@ def embed_command(
             cache_dir=settings.cache_dir,
         )
     root = store if store is not None else default_store_root(settings.cache_dir)
-    features = FeatureStore(root, backbone, max_pixels=settings.data.max_image_pixels)
+    features = FeatureStore(
+        root,
+        backbone,
+        max_pixels=settings.data.max_image_pixels,
+        min_side=settings.data.min_image_side,
+    )
     try:
         with ProgressBar("embedding") as bar:
             _, stats = features.embed(

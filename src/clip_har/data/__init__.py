@@ -1,4 +1,7 @@
-"""Data platform: sources, manifest, validation, splits, balance, augmentation, datasets."""
+"""Data platform: sources, manifest, validation, splits, balance, augmentation, datasets.
+
+See docs/data.md.
+"""
 
 from clip_har.data.versioning import version
 

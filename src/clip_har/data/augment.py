@@ -1,18 +1,6 @@
 """Train-time augmentation: ``none`` / ``light`` / ``strong`` policies built from kornia.
 
-Augmentation is applied only to training samples, after the shared preprocessing has
-resized and centre-cropped the image (:meth:`Preprocessor.resized_uint8`) and before it
-normalises (:meth:`Preprocessor.normalise`), so evaluation and serving never see it and
-there is still one preprocessing implementation.
-
-Determinism contract: :class:`Augmenter` seeds every call from ``(seed, epoch, index)``
-alone (``index`` is the sample's manifest row). The same seed, sample index and epoch
-give the same output, bit for bit, whatever process, worker or thread count runs it and
-whatever else used torch's random generator before; the global torch RNG state is left
-as it was (for the same torch and kornia versions, on CPU). Geometric ops warp through
-``grid_sample`` (kornia's ``resample`` cropping mode), because ``interpolate`` rounds
-differently with different thread counts. The bare module from :func:`build_augmentation`
-(e.g. applied to a whole batch on a GPU) draws from torch's global generator instead.
+Placement and the determinism contract: docs/data.md#augmentation.
 """
 
 from __future__ import annotations
@@ -24,13 +12,12 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import UnknownPolicyError
 
 __all__ = [
     "POLICIES",
     "Augmenter",
     "Policy",
-    "UnknownPolicyError",
     "build_augmentation",
     "sample_seed",
 ]
@@ -39,18 +26,9 @@ Policy = Literal["none", "light", "strong"]
 POLICIES: tuple[Policy, ...] = get_args(Policy)
 
 
-class UnknownPolicyError(ClipHarError, ValueError):
-    """An augmentation policy name that is not one of :data:`POLICIES`."""
-
-    def __init__(self, policy: str) -> None:
-        super().__init__(
-            f"unknown augmentation policy {policy!r}; choose one of: {', '.join(POLICIES)}"
-        )
-
-
 def _check_policy(policy: str) -> Policy:
     if policy not in POLICIES:
-        raise UnknownPolicyError(policy)
+        raise UnknownPolicyError(policy, POLICIES)
     return policy
 
 

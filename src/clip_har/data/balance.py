@@ -1,8 +1,6 @@
 """Class balance: loss weights, a weighted sampler, and resampling to a target count.
 
-Weights and the sampler are for training-time use; :func:`resample` rewrites the
-manifest instead, touching only one split (``train``) so evaluation data is never
-over- or undersampled. :func:`render_html` draws the before/after page.
+See docs/data.md#class-balance.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clip_har.data.manifest import conform
-from clip_har.errors import ClipHarError
+from clip_har.errors import BalanceError
 from clip_har.io import REPORT_CSS, esc, html_table, png_base64
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and resample() stay light
@@ -30,7 +28,6 @@ __all__ = [
     "JSON_FILE",
     "SCHEMES",
     "TARGETS",
-    "BalanceError",
     "BalanceResult",
     "class_counts",
     "class_weights",
@@ -48,10 +45,6 @@ HTML_FILE = "balance_report.html"
 SCHEMES = ("inverse", "sqrt_inverse", "effective")
 TARGETS = ("min", "max", "median")
 DEFAULT_BETA = 0.999  # the "effective number" scheme's beta
-
-
-class BalanceError(ClipHarError):
-    """Class weights or resampling cannot be computed from these labels and settings."""
 
 
 @dataclass

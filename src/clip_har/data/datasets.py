@@ -1,24 +1,6 @@
 """Torch datasets over a manifest, and the DataLoader factory training uses.
 
-Every sample goes through the shared preprocessing (:class:`Preprocessor`: load, orient,
-RGB, resize, centre crop), then the optional train-time :class:`Augmenter`, then
-:meth:`Preprocessor.normalise`. A file that vanished or became unreadable after
-validation is not an error: its sample comes back as :class:`Skipped` (with a logged
-warning), :func:`collate` drops it and counts it in :attr:`Batch.skipped`, and an epoch
-always completes. The count travels inside the batches, so it is right with worker
-processes too::
-
-    loader = make_loader(dataset, batch_size=64, shuffle=True, num_workers=4, seed=0)
-    for epoch in range(epochs):
-        dataset.set_epoch(epoch)  # before iterating: new shuffle and augmentation draws
-        skipped = 0
-        for batch in loader:
-            skipped += batch.skipped
-            ...
-
-Reproducibility: with :func:`make_loader`'s own shuffling, epoch ``e`` of a run is a
-function of ``(seed, e)`` and the augmenter's seed only: the same batches, bit for bit,
-with any number of workers, and after a restart at epoch ``e``.
+Skipped samples, the usage example and reproducibility: docs/data.md#datasets-and-the-loader.
 """
 
 from __future__ import annotations
@@ -36,25 +18,19 @@ from numpy.typing import NDArray
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clip_har.data.augment import Augmenter, sample_seed
-from clip_har.data.validate import DEFAULT_MAX_PIXELS
-from clip_har.errors import ClipHarError
-from clip_har.imaging import Preprocessor, load_image
+from clip_har.errors import DatasetError
+from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Preprocessor, load_image
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Batch",
-    "DatasetError",
     "ManifestDataset",
     "Sample",
     "Skipped",
     "collate",
     "make_loader",
 ]
-
-
-class DatasetError(ClipHarError):
-    """A manifest cannot become a training dataset (labels, split)."""
 
 
 class Sample(NamedTuple):
@@ -92,6 +68,8 @@ class ManifestDataset(Dataset[Sample | Skipped]):
     ``classes`` fixes the label indices. ``augment`` is meant for the training split only;
     its ``size`` must be the preprocessor's output size. Call :meth:`set_epoch` before
     each epoch so augmentation draws change between epochs (also in worker processes).
+    ``min_side`` and ``max_pixels`` are the image guards (``data.min_image_side`` and
+    ``data.max_image_pixels``); an image outside them is skipped.
     """
 
     def __init__(
@@ -102,6 +80,7 @@ class ManifestDataset(Dataset[Sample | Skipped]):
         *,
         split: str | None = None,
         augment: Augmenter | None = None,
+        min_side: int = DEFAULT_MIN_SIDE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if len(set(classes)) != len(classes):
@@ -136,6 +115,7 @@ class ManifestDataset(Dataset[Sample | Skipped]):
         self.preprocessor = preprocessor
         self.classes = list(classes)
         self.augment = augment
+        self.min_side = min_side
         self.max_pixels = max_pixels
         self.rows: NDArray[np.int64] = rows.astype(np.int64)
         self.labels: NDArray[np.int64] = np.array([index[x] for x in labels], dtype=np.int64)
@@ -166,7 +146,8 @@ class ManifestDataset(Dataset[Sample | Skipped]):
         row = int(self.rows[index])
         path = self._paths[index]
         try:
-            pixels = self.preprocessor.resized_uint8(load_image(path, max_pixels=self.max_pixels))
+            image = load_image(path, min_side=self.min_side, max_pixels=self.max_pixels)
+            pixels = self.preprocessor.resized_uint8(image)
         except (OSError, ValueError) as exc:  # ImageLoadError is a ValueError
             logger.warning("skipping manifest row %d (%s): %s", row, path, exc)
             return Skipped(row, str(exc))

@@ -1,21 +1,7 @@
 """Exact and near-duplicate groups over a manifest: sha256 equality and perceptual-hash distance.
 
-* **Exact duplicates** are rows whose file bytes have the same sha256.
-* **Near duplicates** are rows whose 64-bit perceptual hashes (``phash``, 16 hex chars)
-  differ in at most ``max_distance`` bits (Hamming distance, default 4). Groups are
-  transitive: if A~B and B~C then A, B and C form one group, even when A and C are
-  further apart (union-find over every close pair).
-
-Close pairs are found with **multi-index hashing** (Norouzi et al., 2012), never by
-comparing all pairs: the 64 bits are cut into ``m`` chunks; by the pigeonhole principle two
-hashes within distance ``d`` agree on at least one chunk up to ``floor(d / m)`` bits. Each
-chunk is a sorted table, probed with every key within that radius (vectorised with
-``numpy.searchsorted``); only the candidates found are checked with a popcount. ``m`` is
-chosen per call from a cost model (probes per item vs. expected bucket collisions), so the
-work grows roughly linearly with the number of distinct hashes. Identical hashes are
-collapsed before indexing, so a thousand copies of one image cost one index entry.
-
-All functions return **row positions** (``0..len(frame)-1``, as ``frame.iloc`` takes them).
+All functions return row positions (``0..len(frame)-1``, as ``frame.iloc`` takes them).
+The multi-index hashing algorithm: docs/data.md#duplicates.
 """
 
 from __future__ import annotations
@@ -28,6 +14,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from clip_har.config import DEFAULT_NEAR_DISTANCE
+
 __all__ = [
     "HashIndex",
     "UnionFind",
@@ -39,7 +27,7 @@ __all__ = [
 ]
 
 HASH_BITS = 64
-DEFAULT_MAX_DISTANCE = 4
+DEFAULT_MAX_DISTANCE = DEFAULT_NEAR_DISTANCE  # the data.near_distance default
 _QUERY_BLOCK = 1 << 16  # items probed at once (bounds the memory of a probe round)
 
 

@@ -1,32 +1,17 @@
 """The manifest: one Parquet table describing every image of a dataset version.
 
-Each row is one source file (never copied or modified). Columns:
-
-=========  =======  ===============================================================
-path       string   path of the source file: absolute in memory; on disk relative to the
-                    manifest's folder, so a repository clone (or a ``dvc pull``) that keeps
-                    the layout finds its files wherever it lives
-label      string   class name; null for unlabelled data
-sha256     string   hex digest of the file bytes (null if the file could not be read)
-phash      string   64-bit perceptual hash as 16 hex chars (null if not decodable)
-width      Int64    pixels after EXIF orientation (null if not decodable)
-height     Int64
-format     string   Pillow format name, e.g. JPEG, PNG (null if not an image)
-mode       string   Pillow mode, e.g. RGB, L, RGBA, CMYK, I;16 (null if not decodable)
-split      string   train / val / test, or null before splitting
-source     string   where the row came from, e.g. "folder:/data/har", "hf:NAME:split"
-=========  =======  ===============================================================
+Each row is one source file (never copied or modified). Columns: docs/data.md#the-manifest.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ManifestError
+from clip_har.io import atomic_write
 
 MANIFEST_FILE = "manifest.parquet"
 
@@ -42,10 +27,6 @@ COLUMNS: dict[str, str] = {
     "split": "string",
     "source": "string",
 }
-
-
-class ManifestError(ClipHarError):
-    """A manifest file is missing or does not have the expected columns."""
 
 
 def empty_manifest() -> pd.DataFrame:
@@ -68,9 +49,19 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def manifest_path(location: str | Path) -> Path:
-    """``DIR/manifest.parquet`` for a directory, or the file itself."""
+    """The file itself for a ``.parquet`` name, else ``DIR/manifest.parquet``.
+
+    Any other existing file is refused, so a manifest is never read from, or written over,
+    a file of another kind (a CSV, a photo).
+    """
     path = Path(location)
-    return path / MANIFEST_FILE if path.is_dir() or not path.suffix else path
+    if path.suffix.lower() == ".parquet" and not path.is_dir():
+        return path
+    if path.exists() and not path.is_dir():
+        raise ManifestError(
+            f"{path}: not a folder or a .parquet file (a manifest is DIR/{MANIFEST_FILE})"
+        )
+    return path / MANIFEST_FILE
 
 
 def read_manifest(location: str | Path) -> pd.DataFrame:
@@ -110,18 +101,8 @@ def _relative_paths(paths: pd.Series, base: Path) -> pd.Series:
 def write_manifest(frame: pd.DataFrame, location: str | Path) -> Path:
     """Write atomically to ``DIR/manifest.parquet`` (or the given ``.parquet`` file)."""
     path = manifest_path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(handle)
-    try:
-        stored = conform(frame)
-        stored["path"] = _relative_paths(stored["path"], path.parent.absolute())
+    stored = conform(frame)
+    stored["path"] = _relative_paths(stored["path"], path.parent.absolute())
+    with atomic_write(path) as staging:
         stored.to_parquet(staging, index=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        Path(staging).chmod(0o666 & ~umask)  # mkstemp files are owner-only
-        Path(staging).replace(path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
     return path

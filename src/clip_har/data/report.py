@@ -1,8 +1,6 @@
 """The data report: ``data_report.json`` (machine-readable) and ``data_report.html`` (for people).
 
-The HTML page is self-contained: inline CSS, plots embedded as base64 PNGs drawn with
-matplotlib's Agg canvas, no script and no network access. Every path, label and message
-is HTML-escaped.
+See docs/data.md#the-data-report.
 """
 
 from __future__ import annotations

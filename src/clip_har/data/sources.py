@@ -1,17 +1,6 @@
 """Turn any supported data source into a manifest (see :mod:`clip_har.data.manifest`).
 
-Source kinds, detected automatically by :func:`import_source`:
-
-* ``DIR`` with ``labels.csv`` (+ ``images/``), or Kaggle's ``Training_set.csv`` + ``train/``;
-* ``FILE.csv`` (``images_dir`` defaults to the CSV's folder);
-* ``DIR`` with one sub-folder per class (label = sub-folder name, images found recursively);
-* ``DIR`` of images with no sub-folders: an unlabelled manifest;
-* ``hf:NAME[:split]``: a Hugging Face Hub dataset through ``datasets.load_dataset``;
-* ``DIR`` written by ``datasets.save_to_disk``, or a directory of ``*.parquet`` files.
-
-Source files are only ever read. Images that live inside a dataset (bytes, not files) are
-written once into a content-addressed cache, ``<cache_dir>/datasets/<sha256>.<ext>``, and
-the manifest points there.
+Source files are only ever read. Source kinds and the image cache: docs/data.md#sources.
 """
 
 from __future__ import annotations
@@ -19,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -31,16 +19,16 @@ import pandas as pd
 
 from clip_har.data.manifest import conform
 from clip_har.data.validate import FACT_COLUMNS, check_files
-from clip_har.errors import ConfigError
-from clip_har.imaging import IMAGE_EXTENSIONS
+from clip_har.errors import SourceError
+from clip_har.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from clip_har.io import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_PIXELS", "SourceError", "import_source"]
+__all__ = ["import_source"]
 
 Progress = Callable[[int, int], None]
 
-DEFAULT_MAX_PIXELS = 64_000_000
 FILENAME_COLUMNS = ("filename", "file", "path", "image", "file_name", "filepath", "image_path")
 LABEL_COLUMNS = ("label", "class", "category", "class_name")
 CSV_LAYOUTS = (("labels.csv", "images"), ("Training_set.csv", "train"))
@@ -52,10 +40,6 @@ _EXPECTED = (
     "a flat directory of images; a datasets save_to_disk directory; a directory of "
     "*.parquet files; or hf:NAME[:split]"
 )
-
-
-class SourceError(ConfigError):
-    """A data source cannot be recognised or read."""
 
 
 @dataclass(frozen=True)
@@ -402,11 +386,7 @@ def _extension(data: bytes, origin: str | None) -> str:
 def _cache_bytes(data: bytes, cache: Path, origin: str | None) -> Path:
     target = cache / f"{hashlib.sha256(data).hexdigest()}{_extension(data, origin)}"
     if not target.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{target.name}-", dir=cache)
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        Path(staging).replace(target)
+        write_bytes_atomic(target, data)
     return _absolute(target)
 
 

@@ -1,21 +1,19 @@
-"""Stratified, group-aware train/val/test splits.
+"""Stratified, group-aware train/val/test splits: a duplicate group never spans two splits.
 
-Exact and near duplicates form one group and always land in the same split, so no
-image content leaks across splits. Within each class, whole groups are dealt out
-(largest first, seeded order) to the split furthest below its target count, which
-keeps every class within about one image of its target when groups are small.
+See docs/data.md#splits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from clip_har.config import DEFAULT_NEAR_DISTANCE, DEFAULT_SPLIT_RATIOS
 from clip_har.data.duplicates import duplicate_group_ids
-from clip_har.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 _UNLABELLED = "<unlabelled>"
@@ -29,21 +27,7 @@ class SplitResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.15,0.15"`` -> three non-negative ratios that sum to 1."""
-    problem = (
-        f"ratios must be three non-negative numbers summing to 1, e.g. 0.7,0.15,0.15 ({text!r})"
-    )
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(problem) from None
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
-        raise ConfigError(problem)
-    return values[0], values[1], values[2]
-
-
-def targets(count: int, ratios: tuple[float, float, float]) -> list[int]:
+def targets(count: int, ratios: Sequence[float]) -> list[int]:
     """Integer counts per split summing to ``count`` (largest remainder method)."""
     raw = [count * r for r in ratios]
     base = [int(np.floor(v)) for v in raw]
@@ -55,10 +39,10 @@ def targets(count: int, ratios: tuple[float, float, float]) -> list[int]:
 
 def split_manifest(
     frame: pd.DataFrame,
-    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
     *,
     seed: int = 0,
-    near_distance: int = 4,
+    near_distance: int = DEFAULT_NEAR_DISTANCE,
 ) -> SplitResult:
     """Assign ``split`` to every row; duplicates share a split; report counts and leakage."""
     manifest = frame.reset_index(drop=True).copy()

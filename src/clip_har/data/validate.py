@@ -1,35 +1,7 @@
 """Validation: decode every image, reject what cannot be used, report duplicates.
 
-Each manifest row is read once (sha256 of the bytes) and **fully decoded** with
-:func:`clip_har.imaging.load_image` (header size guards first, so a
-decompression bomb is rejected from its header and never decoded; then the whole pixel
-stream; then EXIF orientation). ``sha256``, ``phash``, ``width``, ``height`` (after EXIF
-orientation), ``format`` and ``mode`` are refreshed from what was decoded. Source files
-are only ever opened for reading: never modified, moved or deleted.
-
-A row is rejected with exactly one reason code (the first problem found, in this order):
-
-===============  ==================================================================
-missing_file     the path does not exist
-unreadable       the path exists but cannot be read (a directory, no permission, I/O error)
-empty_file       the file has 0 bytes
-not_an_image     no image decoder recognises the bytes (e.g. a text file named .jpg)
-corrupt_data     an image header is recognised but the data is truncated or corrupt
-too_small        the shorter side is below ``min_side`` pixels (default 32)
-too_large        more than ``max_pixels`` pixels (default 64 megapixels), read from the
-                 header: decompression bombs are rejected without decoding
-empty_label      the manifest is labelled but this row's label is null or blank
-unknown_label    the label is not one of ``classes`` (only checked when classes are given)
-===============  ==================================================================
-
-A manifest whose labels are all null is *unlabelled*: no label checks, everything else
-runs. Every decodable mode (grayscale, RGB, RGBA, CMYK, palette, 16-bit, ...) is
-accepted as it is; conversion to RGB happens in preprocessing.
-
-Duplicates are **reported, not rejected** (see :mod:`clip_har.data.duplicates`): exact
-duplicate groups (same sha256) and their extra copies, near-duplicate groups (perceptual
-hashes within ``near_distance`` bits, holding at least two different files), and label
-conflicts (an exact-or-near duplicate group whose labels differ).
+One reason code per rejected row (:data:`REASONS`); duplicates are reported, not rejected.
+See docs/data.md#validation.
 """
 
 from __future__ import annotations
@@ -52,7 +24,7 @@ from clip_har.data.manifest import conform
 from clip_har.data.reasons import REASONS
 from clip_har.data.report import build_report
 from clip_har.errors import ImageLoadError, ImageProblem
-from clip_har.imaging import load_image
+from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, load_image
 
 __all__ = [
     "REASONS",
@@ -63,8 +35,6 @@ __all__ = [
 ]
 
 REJECTED_COLUMNS = ["path", "reason", "detail", "label"]
-DEFAULT_MIN_SIDE = 32
-DEFAULT_MAX_PIXELS = 64_000_000
 WORKERS = 2
 FACT_COLUMNS = ("sha256", "phash", "width", "height", "format", "mode")
 

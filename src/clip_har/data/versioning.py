@@ -1,9 +1,6 @@
 """Dataset versions with DVC: track data, configure remotes, push, pull, read versions.
 
-Everything goes through the ``dvc`` command line of the running interpreter
-(``python -m dvc``), DVC's stable interface, so what clip-har does is exactly what a
-user typing ``dvc`` would do, and the same ``.dvc`` files, ``dvc.lock`` and remotes
-serve both.
+Everything goes through ``python -m dvc``, DVC's command line. See docs/data.md#versioning-with-dvc.
 """
 
 from __future__ import annotations
@@ -17,17 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import DataVersionError
 from clip_har.io import file_digest
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKED_MANIFEST = Path("data/split/manifest.parquet")
 """The manifest the pipeline's last data stage writes (see ``dvc.yaml``)."""
-
-
-class DataVersionError(ClipHarError):
-    """DVC is missing, failed, or the path is not under DVC control."""
 
 
 def find_dvc_root(start: Path) -> Path | None:

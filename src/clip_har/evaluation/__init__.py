@@ -1,1 +1,4 @@
-"""Evaluation: metrics with bootstrap intervals, paired model comparison, plots and reports."""
+"""Evaluation: metrics with bootstrap intervals, paired model comparison, plots and reports.
+
+See docs/evaluation.md.
+"""

@@ -1,8 +1,6 @@
 """Paired comparison of two models on the same images: McNemar's test and bootstrap deltas.
 
-Callers align both prediction sets by image first; here they must share labels, order and
-class list. Deltas are ``b - a``; their intervals come from a paired bootstrap (the same
-resampled images score both models), so two identical models give exactly ``[0, 0]``.
+Callers align both prediction sets by image first. See docs/evaluation.md#comparing-two-models.
 """
 
 from __future__ import annotations
@@ -14,9 +12,9 @@ import numpy as np
 from scipy.stats import binomtest, chi2
 from sklearn.metrics import f1_score
 
+from clip_har.errors import EvaluationError
 from clip_har.evaluation.metrics import (
     EvalArrays,
-    EvaluationError,
     bootstrap_indices,
     check_bootstrap,
     percentile_interval,

@@ -1,8 +1,5 @@
 """``clip-har evaluate compare``: evaluations of several models on the same images, side by
-side, each against the first with McNemar's test and paired bootstrap CIs.
-
-An input is an evaluation folder (``clip-har evaluate -o DIR``) or an MLflow run id whose
-``evaluation`` artifacts are downloaded from the configured tracking server.
+side, each against the first. See docs/evaluation.md#comparing-runs.
 """
 
 from __future__ import annotations
@@ -21,7 +18,14 @@ from clip_har.errors import ClipHarError
 from clip_har.evaluation.compare import compare_predictions
 from clip_har.evaluation.metrics import EvalArrays
 from clip_har.evaluation.run import DETAILS_FILE, PREDICTIONS_FILE
-from clip_har.io import REPORT_CSS, esc, html_table, png_base64, write_text_atomic
+from clip_har.io import (
+    REPORT_CSS,
+    esc,
+    html_table,
+    png_base64,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -182,5 +186,5 @@ def _delta_plot(rows: list[dict[str, Any]], path: Path) -> str:
     axes.legend(loc="best", frameon=False)
     figure.tight_layout()
     encoded = png_base64(figure)
-    path.write_bytes(base64.b64decode(encoded))
+    write_bytes_atomic(path, base64.b64decode(encoded))
     return encoded

@@ -1,11 +1,6 @@
 """Classification metrics from predicted probabilities, with bootstrap confidence intervals.
 
-Scores come from scikit-learn over the full class list (``labels=range(C)``,
-``zero_division=0``), so a class missing from the evaluation data, or predicted without
-being present, never crashes an evaluation: it is listed in the result instead. Values
-that are undefined (an AUC without positives, an empty calibration bin) are ``None``, so
-the result is strict JSON. Bootstrap intervals resample row indices with numpy and score
-every replicate at once from per-replicate confusion counts.
+Undefined values are ``None``, so the result is strict JSON. See docs/evaluation.md#metrics.
 """
 
 from __future__ import annotations
@@ -27,12 +22,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import EvaluationError
 
 __all__ = [
     "CONFIDENCE",
     "EvalArrays",
-    "EvaluationError",
     "bootstrap_indices",
     "check_bootstrap",
     "compute_metrics",
@@ -46,10 +40,6 @@ logger = logging.getLogger(__name__)
 CONFIDENCE = 0.95  # of every bootstrap interval
 PROB_TOLERANCE = 1e-2  # rows must sum to 1 within this: float16 softmax passes, logits do not
 BOOTSTRAP_CELLS = 1 << 22  # resampled indices held in memory at once
-
-
-class EvaluationError(ClipHarError):
-    """Labels and predictions cannot be evaluated: empty, misshapen or inconsistent."""
 
 
 @dataclass(frozen=True, eq=False)

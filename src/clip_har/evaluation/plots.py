@@ -1,17 +1,12 @@
-"""Evaluation plots, one PNG each, drawn on matplotlib's Agg canvas.
+"""Evaluation plots, one PNG each, drawn on matplotlib's Agg canvas (no pyplot global state).
 
-Every figure is a :class:`~matplotlib.figure.Figure` with its own canvas (no pyplot global
-state, so plotting is thread-safe and needs no display). The plots read the dict of
-:func:`clip_har.evaluation.metrics.compute_metrics`; undefined values (``None``) are left
-out of a plot rather than drawn as zeros. Files are written through a temporary name and a
-rename, so a reader never sees half a PNG.
+See docs/evaluation.md#plots.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +21,7 @@ from PIL import Image, ImageOps
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from clip_har.imaging import load_image, to_rgb
+from clip_har.io import atomic_write
 
 __all__ = [
     "PLOT_FILES",
@@ -62,18 +58,10 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
-    """Save ``figure`` as a PNG at ``path`` through a temporary file in the same folder."""
+    """Save ``figure`` as a PNG at ``path`` atomically."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".png", dir=target.parent)
-    os.close(handle)
-    try:
+    with atomic_write(target) as staging:
         figure.savefig(staging, format="png", dpi=DPI)
-        Path(staging).chmod(0o644)
-        Path(staging).replace(target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
     logger.debug("wrote %s", target)
     return target
 
@@ -268,7 +256,8 @@ def _thumbnail(image: Image.Image | str | os.PathLike[str]) -> Image.Image:
     Files go through the project's own loader (EXIF orientation, size limits) and colour
     conversion; a file that cannot be used raises ``ImageLoadError`` (a ``ValueError``).
     """
-    loaded = image if isinstance(image, Image.Image) else load_image(image)
+    # min_side=1: the image was already accepted for prediction under the settings' guard
+    loaded = image if isinstance(image, Image.Image) else load_image(image, min_side=1)
     return ImageOps.contain(to_rgb(loaded), (THUMBNAIL, THUMBNAIL))
 
 

@@ -1,11 +1,6 @@
 """The evaluation report: ``report.md`` (next to its PNGs) and a self-contained ``report.html``.
 
-Both render the dict of :func:`clip_har.evaluation.metrics.compute_metrics`, a ``meta``
-dict describing the run (bundle, data, split, format, images, unreadable, seconds, ...)
-and the plots of :func:`clip_har.evaluation.plots.write_plots`. The Markdown links the
-PNGs by relative path; the HTML page embeds every PNG as a base64 data URI, so it reads
-offline and travels as one file. Undefined values (``None``) render as a dash, and every
-class name, path and message is escaped for the format it lands in.
+See docs/evaluation.md#reports.
 """
 
 from __future__ import annotations

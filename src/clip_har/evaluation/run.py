@@ -1,8 +1,7 @@
 """Evaluate a bundle on a manifest: predictions, metrics, plots, reports, tracking.
 
-``clip-har evaluate`` and the DVC ``evaluate`` stage call :func:`evaluate`. Rows whose
-image cannot be read are counted and listed in ``predictions.csv``, never fatal; rows
-whose label the model does not know are reported and left out of the metrics.
+``clip-har evaluate`` and the DVC ``evaluate`` stage call :func:`evaluate`.
+See docs/evaluation.md#running-an-evaluation.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from clip_har.data.manifest import read_manifest
-from clip_har.errors import ClipHarError
-from clip_har.evaluation.metrics import EvalArrays, EvaluationError, compute_metrics, summary
+from clip_har.errors import ClipHarError, EvaluationError
+from clip_har.evaluation.metrics import EvalArrays, compute_metrics, summary
 from clip_har.evaluation.plots import write_plots
 from clip_har.evaluation.report import write_report
 from clip_har.inference.predictor import PredictOptions, Predictor
@@ -67,13 +66,13 @@ def select_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return labelled.reset_index(drop=True)
 
 
-def _open_predictor(bundle: str, format: str, batch_size: int) -> Predictor:
+def _open_predictor(bundle: str, format: str, options: PredictOptions) -> Predictor:
     if bundle.startswith("models:"):
         raise ClipHarError(
             f"{bundle}: registry references (models:/NAME@ALIAS) need the model registry, "
             "which is not part of clip-har yet; pass a bundle directory"
         )
-    return Predictor.from_bundle(bundle, format, PredictOptions(batch_size=batch_size))
+    return Predictor.from_bundle(bundle, format, options)
 
 
 def _predict(
@@ -114,16 +113,18 @@ def evaluate(
     *,
     split: str = "test",
     format: str = "torch",
-    batch_size: int = 32,
+    options: PredictOptions | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
     tracker: Tracker | None = None,
 ) -> EvaluationOutcome:
     """Predict every selected row with the bundle and write the full evaluation to ``output``
-    (and log its metrics and files to ``tracker``, when given)."""
+    (and log its metrics and files to ``tracker``, when given). ``options`` (batch size and
+    image guards; default: the settings' defaults) are those ``predict`` uses, so both
+    read the same images as unusable."""
     rows = select_rows(read_manifest(data), split)
-    predictor = _open_predictor(bundle, format, batch_size)
+    predictor = _open_predictor(bundle, format, options or PredictOptions())
     classes = predictor.class_names
     known = rows["label"].isin(classes)
     unknown = rows.loc[~known, "label"].value_counts().to_dict()

@@ -1,38 +1,7 @@
 """Side-by-side benchmark of a bundle's engines: latency, throughput, memory, size, parity,
 energy.
 
-For every format x batch size it measures the per-batch latency (p50/p90/p99),
-throughput (images/s), the peak resident memory of a process serving that format, the
-artifact's size on disk, its parity with torch fp32 (from the export record) and the
-energy per image where the platform exposes a power counter (NVML on a GPU, RAPL on a
-CPU); where it does not, energy is ``None`` with the reason, never an estimate.
-
-How the timing stays fair:
-
-* every engine is loaded once, in this process, with the same thread count
-  (:class:`~clip_har.inference.engines.EngineOptions`), and warmed up at each batch size
-  before anything is timed;
-* the timed calls of all formats are interleaved (A, B, C, A, B, C, ...): the next call
-  always goes to the format with the least timed seconds so far, and a batch size ends
-  only when *every* format has at least ``min_iterations`` samples and ``min_seconds`` of
-  timed work, and all have caught up with the longest to within one of their own calls.
-  So every format is sampled across the same stretch of wall-clock time for the same
-  number of seconds, and machine noise hits them all alike — the ratios between formats
-  are measured side by side, not in separate runs;
-* energy, where measurable, is a separate uninterrupted stretch per format and batch size
-  after the timing (``energy_seconds``), since the counters are device-wide and update
-  every few milliseconds;
-* run it in a fresh process: heavy work done earlier in the same process (an export, a
-  training run) can leave torch eager measurably slower than it is;
-* the input is one fixed batch: real photos through the bundle's own preprocessing when
-  ``data`` is given (repeated to fill the batch), seeded synthetic images otherwise;
-* peak RSS cannot be attributed to one format inside a process that holds them all, so
-  each format's is measured in a fresh child process
-  (:mod:`clip_har.export.benchmark_worker`) that loads only that engine and runs one batch
-  of the largest size.
-
-Results: :class:`BenchmarkResult` and, when an output folder is given, ``benchmark.json``,
-``benchmark.md`` and ``benchmark.png`` there (also logged to a tracker when one is given).
+What is measured and how the timing stays fair: docs/export.md#benchmark.
 """
 
 from __future__ import annotations
@@ -57,11 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from clip_har.config import split_commas
+from clip_har.devices import parse_device
 from clip_har.errors import ClipHarError
 from clip_har.export.energy import EnergyMeter, NvmlMeter, energy_meter
 from clip_har.export.images import sample_pixels
 from clip_har.inference.engines import EngineOptions, create_engine
-from clip_har.io import json_safe
+from clip_har.inference.formats import REFERENCE_FORMAT
+from clip_har.io import atomic_write, json_safe, write_text_atomic
 from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.version import __version__
 
@@ -88,7 +60,7 @@ __all__ = [
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 OUTPUT_FILES = {"json": "benchmark.json", "markdown": "benchmark.md", "chart": "benchmark.png"}
-REFERENCE = "torch"
+REFERENCE = REFERENCE_FORMAT
 WORKER_TIMEOUT_S = 900.0
 
 Progress = Callable[[int, int], None]
@@ -105,10 +77,7 @@ def usable_cores() -> int:
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
     """``"1,8,32"`` -> ``(1, 8, 32)``; every size a positive integer, duplicates dropped."""
     sizes: list[int] = []
-    for part in text.split(","):
-        item = part.strip()
-        if not item:
-            continue
+    for item in split_commas(text):
         try:
             size = int(item)
         except ValueError:
@@ -129,8 +98,8 @@ class BenchmarkConfig:
     """What to measure and how long.
 
     ``threads`` None means every usable core. A batch size is timed until every format
-    has ``min_iterations`` samples and ``min_seconds`` of timed work (see the module
-    docstring); ``warmup`` untimed calls per format and batch size come first.
+    has ``min_iterations`` samples and ``min_seconds`` of timed work (see
+    docs/export.md#benchmark); ``warmup`` untimed calls per format and batch size come first.
     """
 
     formats: tuple[str, ...] = (REFERENCE,)
@@ -159,8 +128,7 @@ class BenchmarkConfig:
             raise ClipHarError(f"min_iterations must be at least 1, got {self.min_iterations}")
         if self.min_seconds < 0 or self.energy_seconds < 0:
             raise ClipHarError("min_seconds and energy_seconds must not be negative")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ClipHarError(f"device must be cpu, cuda or cuda:N, got '{self.device}'")
+        parse_device(self.device)  # raises UsageError naming the accepted devices
 
     @property
     def resolved_threads(self) -> int:
@@ -439,10 +407,10 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
             for name in ("torch", "onnxruntime", "numpy", "pillow", "transformers")
         },
     }
-    if device.startswith("cuda"):
+    parsed = parse_device(device)
+    if parsed.is_cuda:
         if torch.cuda.is_available():
-            index = int(device.partition(":")[2] or 0)
-            info["gpu"] = torch.cuda.get_device_name(index)
+            info["gpu"] = torch.cuda.get_device_name(parsed.cuda_index)
             info["cuda"] = torch.version.cuda
         for name in ("onnxruntime-gpu", "tensorrt"):
             info[name] = _package_version(name)
@@ -461,7 +429,7 @@ def run_benchmark(
     progress: Progress | None = None,
     tracker: Tracker | None = None,
 ) -> BenchmarkResult:
-    """Benchmark ``config.formats`` of ``bundle`` side by side (see the module docstring).
+    """Benchmark ``config.formats`` of ``bundle`` side by side (docs/export.md#benchmark).
 
     Formats that cannot load or run (no such export, a failed parity gate without
     ``force``, no CUDA for TensorRT, ...) are skipped with the reason; the rest still run
@@ -738,25 +706,12 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(staging))
-        Path(staging).chmod(0o644)
-        Path(staging).replace(path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(payload: Mapping[str, Any], markdown: str, output: Path) -> dict[str, Path]:
     """benchmark.json, benchmark.md and benchmark.png in ``output``."""
     paths = {kind: output / name for kind, name in OUTPUT_FILES.items()}
     text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(paths["json"], lambda p: p.write_text(text))
-    _atomic_write(paths["markdown"], lambda p: p.write_text(markdown))
+    write_text_atomic(paths["json"], text)
+    write_text_atomic(paths["markdown"], markdown)
     config = payload.get("config", {})
     title = (
         f"{payload.get('bundle_name', '')} ({payload.get('backbone', '')}) · "
@@ -823,7 +778,8 @@ def write_chart(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str = "
     throughput.legend(fontsize=8, loc="upper left")
     if title:
         figure.suptitle(title)
-    _atomic_write(path, lambda p: figure.savefig(p, format="png", dpi=110))
+    with atomic_write(path) as staging:
+        figure.savefig(staging, format="png", dpi=110)
     return path
 
 

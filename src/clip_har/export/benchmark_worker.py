@@ -1,13 +1,7 @@
 """Peak memory of one engine, measured in a process of its own.
 
-    python -m clip_har.export.benchmark_worker --bundle DIR --format onnx-int8 --batch-size 32
-
-Loads only that format, runs one batch of seeded synthetic pixels through it and prints
-one JSON line: ``peak_rss_mb`` (the process's high-water resident set size, see
-:func:`peak_rss_mb`), ``rss_after_imports_mb`` (the same before the engine loaded: the Python,
-torch and runtime libraries every format pays for) and ``load_s``. Used by
-:func:`clip_har.export.benchmark.run_benchmark`, which cannot tell formats apart inside
-one process holding them all.
+Prints one JSON line for :func:`clip_har.export.benchmark.run_benchmark`, which cannot tell
+formats apart inside one process holding them all. See docs/export.md#peak-memory.
 """
 
 from __future__ import annotations

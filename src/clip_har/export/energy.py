@@ -1,17 +1,6 @@
 """Energy per image, where the platform exposes power: NVML on an NVIDIA GPU, RAPL on a
 CPU when ``/sys/class/powercap`` is readable. Otherwise it is reported as unavailable,
-with the reason, and never invented.
-
-Both sources are cumulative hardware counters read before and after a measured block:
-
-* NVML ``nvmlDeviceGetTotalEnergyConsumption`` — millijoules used by the whole GPU since
-  the driver loaded (Volta or newer); updated every few tens of milliseconds.
-* RAPL ``intel-rapl:N/energy_uj`` — microjoules used by CPU package N (cores, caches,
-  uncore; not DRAM on most parts), wrapping at ``max_energy_range_uj``. Packages are
-  summed; their subzones (``intel-rapl:N:M``) are parts of the package, not added again.
-
-Both count everything running on the device, not only this process, so measure long
-enough (a second or more) on an otherwise idle machine.
+with the reason, and never invented. See docs/export.md#energy.
 """
 
 from __future__ import annotations
@@ -24,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from clip_har.devices import parse_device
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +207,9 @@ class NvmlMeter(EnergyMeter):
 def energy_meter(device: str) -> EnergyMeter:
     """The meter for ``device``: NVML for ``cuda`` / ``cuda:N``, RAPL for anything else.
     It may be unavailable (``available`` False, ``reason`` says why, joules ``None``)."""
-    if device.startswith("cuda"):
-        index = device.partition(":")[2]
-        meter: EnergyMeter = NvmlMeter(int(index) if index.isdigit() else 0)
+    parsed = parse_device(device)
+    if parsed.is_cuda:
+        meter: EnergyMeter = NvmlMeter(parsed.cuda_index)
     else:
         meter = RaplMeter()
     if not meter.available:

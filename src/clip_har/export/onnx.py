@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from clip_har.errors import ClipHarError
-from clip_har.inference.onnx_engine import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUT
+from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUT
 from clip_har.models.backbone import Backbone, pooled_output
 from clip_har.models.classifier import HARClassifier
 

@@ -8,17 +8,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from clip_har.config import CALIBRATION_METHODS, CalibrationName
 from clip_har.errors import ClipHarError
-from clip_har.inference.onnx_engine import IMAGE_INPUT
+from clip_har.inference.signature import IMAGE_INPUT
 
 log = logging.getLogger(__name__)
 
-CalibrationName = Literal["minmax", "entropy", "percentile"]
-CALIBRATION_METHODS: tuple[CalibrationName, ...] = ("minmax", "entropy", "percentile")
 _FLOAT = 1  # onnx.TensorProto.FLOAT: the type of tensors shape inference cannot name
 _CALIBRATION_BATCH = 8
 

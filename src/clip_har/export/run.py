@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
 
-from clip_har.config import ExportSettings, ParitySettings
+from clip_har.config import CalibrationName, ExportSettings, ParitySettings, split_commas
 from clip_har.errors import ClipHarError
 from clip_har.export.images import sample_pixels
 from clip_har.export.onnx import (
@@ -30,17 +30,19 @@ from clip_har.export.onnx import (
 )
 from clip_har.export.parity import check_parity, limit_for
 from clip_har.export.quantize import (
-    CalibrationName,
     convert_fp16,
     quantize_dynamic_int8,
     quantize_static_int8,
 )
 from clip_har.export.torchscript import export_torchscript
-from clip_har.inference.engines import (
-    ARTIFACT_ENGINES,
-    IMAGE_FORMATS,
+from clip_har.inference.formats import (
     TEXT_FORMAT,
+    TOKENIZER_FILE,
     EngineOptions,
+    FormatSpec,
+    Precision,
+    format_names,
+    get_format,
 )
 from clip_har.io import file_sha256
 from clip_har.models.bundle import (
@@ -55,27 +57,6 @@ from clip_har.models.classifier import TextEmbeddingCache, zero_shot_weights
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = (*(f for f in IMAGE_FORMATS if f != "torch"), TEXT_FORMAT)
-FILES = {
-    "onnx": "model.onnx",
-    "onnx-opt": "model.opt.onnx",
-    "onnx-int8": "model.int8.onnx",
-    "onnx-int8-static": "model.int8-static.onnx",
-    "onnx-fp16": "model.fp16.onnx",
-    "torchscript": "model.torchscript.pt",
-    "tensorrt": "model.plan",
-    TEXT_FORMAT: "text_encoder.onnx",
-}
-TOKENIZER_FILE = "tokenizer.json"
-_PRECISION: dict[str, Literal["fp32", "fp16", "int8"]] = {
-    "onnx": "fp32",
-    "onnx-opt": "fp32",
-    "onnx-int8": "int8",
-    "onnx-int8-static": "int8",
-    "onnx-fp16": "fp16",
-    "torchscript": "fp32",
-    TEXT_FORMAT: "fp32",
-}
 _PARITY_BATCH = 8
 
 Details = dict[str, str | int | float | bool]
@@ -123,22 +104,20 @@ class ExportSummary:
         return [name for name, record in self.records.items() if not record.passed]
 
 
-def parse_formats(text: str | Sequence[str]) -> list[str]:
-    """``"onnx,onnx-int8"`` -> a checked, de-duplicated list."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    formats = list(dict.fromkeys(item.strip() for item in items if item.strip()))
+def parse_formats(names: str | Sequence[str]) -> list[str]:
+    """``export.formats`` (a list) or ``"onnx,onnx-int8"`` -> a checked, de-duplicated list."""
+    items = split_commas(names) if isinstance(names, str) else names
+    formats = list(dict.fromkeys(name.strip() for name in items if name.strip()))
+    choices = ", ".join(format_names())
     if not formats:
-        raise ClipHarError(f"no export formats given (choose from {', '.join(EXPORT_FORMATS)})")
-    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+        raise ClipHarError(f"no export formats given (choose from {choices})")
+    unknown = [name for name in formats if name not in format_names()]
     if unknown:
-        raise ClipHarError(
-            f"unknown export format(s) {', '.join(unknown)} "
-            f"(choose from {', '.join(EXPORT_FORMATS)})"
-        )
+        raise ClipHarError(f"unknown export format(s) {', '.join(unknown)} (choose from {choices})")
     return formats
 
 
-class _Exporter:
+class ExportSession:
     """One bundle's export session: the classifier, the parity images and their torch
     reference, and the intermediate fp32 graphs that several formats build on."""
 
@@ -160,13 +139,13 @@ class _Exporter:
 
     @cached_property
     def base_onnx(self) -> Path:
-        path = self.work / ("base-" + FILES["onnx"])
+        path = self.work / ("base-" + get_format("onnx").file)
         export_image_onnx(self.classifier, path, self.sample, self.options.opset)
         return path
 
     @cached_property
     def optimized_onnx(self) -> tuple[Path, dict[str, int]]:
-        path = self.work / ("base-" + FILES["onnx-opt"])
+        path = self.work / ("base-" + get_format("onnx-opt").file)
         return path, optimize_onnx(self.base_onnx, path, self.backbone)
 
     @cached_property
@@ -182,108 +161,162 @@ class _Exporter:
             self.options.calibration_count,
             self.options.seed,
         )
-        path = self.work / ("base-" + FILES["onnx-int8-static"])
+        path = self.work / ("base-" + get_format("onnx-int8-static").file)
         details = quantize_static_int8(
             self.base_onnx, path, pixels, self.options.calibration_method
         )
         return path, dict(details)
 
-    def build(self, format: str, target: Path) -> Details:
-        """Write ``format`` to ``target``; return its manifest details."""
-        if format == "onnx":
-            shutil.copyfile(self.base_onnx, target)
-            return {}
-        if format == "onnx-opt":
-            path, fused = self.optimized_onnx
-            shutil.copyfile(path, target)
-            return {f"fused_{name}": count for name, count in fused.items()}
-        if format == "onnx-int8":
-            return dict(quantize_dynamic_int8(self.base_onnx, target))
-        if format == "onnx-int8-static":
-            path, details = self.static_int8_onnx
-            shutil.copyfile(path, target)
-            return details
-        if format == "onnx-fp16":
-            return dict(convert_fp16(self.optimized_onnx[0], target))
-        if format == "torchscript":
-            export_torchscript(self.classifier, target, self.sample)
-            return {}
-        if format == "tensorrt":
-            return self._build_tensorrt(target)
-        if format == TEXT_FORMAT:
-            return self._build_text(target)
-        raise ClipHarError(f"unknown export format '{format}'")
-
-    def _build_tensorrt(self, target: Path) -> Details:
-        from clip_har.export.tensorrt import build_tensorrt_engine
-
-        int8 = self.options.tensorrt_precision == "int8"
-        source = self.static_int8_onnx[0] if int8 else self.base_onnx
-        return build_tensorrt_engine(source, target, precision=self.options.tensorrt_precision)
-
-    def _build_text(self, target: Path) -> Details:
-        export_text_onnx(self.backbone, target, self.options.opset)
-        source = Path(self.backbone.source_dir) / TOKENIZER_FILE
-        if not source.is_file():
-            raise ClipHarError(
-                f"{source}: the text export needs the fast tokenizer's {TOKENIZER_FILE}"
-            )
-        tokenizer = target.with_name(TOKENIZER_FILE)
-        shutil.copyfile(source, tokenizer)
-        fast = self.backbone.tokenizer
-        return {
-            "tokenizer": f"{EXPORTS_DIR}/{TOKENIZER_FILE}",
-            "tokenizer_sha256": file_sha256(tokenizer),
-            "max_length": int(min(fast.model_max_length, 4096)),
-            "pad_id": int(fast.pad_token_id),
-            "pad_to_max_length": self.backbone.model_type.startswith("siglip"),
-            "logit_scale": self.backbone.logit_scale,
-        }
-
-    def outputs(self, format: str, path: Path) -> np.ndarray:
-        """The artifact's probabilities on the parity images."""
-        engine = ARTIFACT_ENGINES[format](path, format, EngineOptions(threads=self.options.threads))
-        return np.concatenate(
-            [
-                engine.predict(self.pixels[i : i + _PARITY_BATCH])
-                for i in range(0, len(self.pixels), _PARITY_BATCH)
-            ]
-        )
-
-    def parity(self, format: str, path: Path, precision: str, details: Details) -> ParityInfo:
+    def parity(
+        self, spec: FormatSpec, path: Path, precision: Precision, details: Details
+    ) -> ParityInfo:
+        """The parity gate of the artifact at ``path`` (see :mod:`clip_har.export.parity`)."""
         limit = limit_for(self.options.parity, precision)
-        if format == TEXT_FORMAT:
-            candidate, reference = self._open_vocabulary_outputs(path, details)
-        else:
-            candidate, reference = self.outputs(format, path), self.reference
+        candidate, reference = EXPORTERS[spec.name].compare(self, spec, path, details)
         return check_parity(reference, candidate, limit, real_photos=self.real_photos)
 
-    def _open_vocabulary_outputs(
-        self, path: Path, details: Details
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Zero-shot probabilities over the bundle's classes from ONNX text embeddings and
-        from torch text embeddings, both on the torch image embeddings."""
-        from clip_har.inference.onnx_engine import OnnxTextEncoder, class_text_weights
 
-        encoder = OnnxTextEncoder(
-            path,
-            path.with_name(TOKENIZER_FILE),
-            max_length=int(details["max_length"]),
-            pad_id=int(details["pad_id"]),
-            pad_to_max_length=bool(details["pad_to_max_length"]),
-            threads=self.options.threads,
-        )
-        manifest = self.bundle.manifest
-        onnx_weights = class_text_weights(encoder, manifest.class_names, manifest.prompts)
-        cache = TextEmbeddingCache(self.backbone)
-        torch_weights = zero_shot_weights(manifest.class_names, manifest.prompts, cache).numpy()
-        scale = float(details["logit_scale"])
-        embeddings = torch.from_numpy(self.reference_embeddings)
-        onnx_probs, torch_probs = (
-            (scale * embeddings @ torch.from_numpy(weights).T).softmax(dim=-1).numpy()
-            for weights in (onnx_weights, torch_weights)
-        )
-        return onnx_probs, torch_probs
+# --- one exporter per registered format ----------------------------------------------------
+# build(session, target) writes the artifact and returns its manifest details;
+# compare(session, spec, path, details) returns (candidate, reference) probabilities.
+Build: TypeAlias = Callable[[ExportSession, Path], Details]
+Compare: TypeAlias = Callable[
+    [ExportSession, FormatSpec, Path, Details], tuple[np.ndarray, np.ndarray]
+]
+
+
+def image_outputs(
+    session: ExportSession, spec: FormatSpec, path: Path, details: Details
+) -> tuple[np.ndarray, np.ndarray]:
+    """The artifact's probabilities on the parity images through the format's own engine,
+    and torch fp32's."""
+    if spec.engine is None:
+        raise ClipHarError(f"format '{spec.name}' has no engine: its exporter needs a compare")
+    engine = spec.engine(path, spec.name, EngineOptions(threads=session.options.threads))
+    pixels = session.pixels
+    candidate = np.concatenate(
+        [
+            engine.predict(pixels[i : i + _PARITY_BATCH])
+            for i in range(0, len(pixels), _PARITY_BATCH)
+        ]
+    )
+    return candidate, session.reference
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How a registered format is written and what its parity gate compares."""
+
+    build: Build
+    compare: Compare = image_outputs
+
+
+def _onnx(session: ExportSession, target: Path) -> Details:
+    shutil.copyfile(session.base_onnx, target)
+    return {}
+
+
+def _onnx_opt(session: ExportSession, target: Path) -> Details:
+    path, fused = session.optimized_onnx
+    shutil.copyfile(path, target)
+    return {f"fused_{name}": count for name, count in fused.items()}
+
+
+def _onnx_int8(session: ExportSession, target: Path) -> Details:
+    return dict(quantize_dynamic_int8(session.base_onnx, target))
+
+
+def _onnx_int8_static(session: ExportSession, target: Path) -> Details:
+    path, details = session.static_int8_onnx
+    shutil.copyfile(path, target)
+    return details
+
+
+def _onnx_fp16(session: ExportSession, target: Path) -> Details:
+    return dict(convert_fp16(session.optimized_onnx[0], target))
+
+
+def _torchscript(session: ExportSession, target: Path) -> Details:
+    export_torchscript(session.classifier, target, session.sample)
+    return {}
+
+
+def _tensorrt(session: ExportSession, target: Path) -> Details:
+    from clip_har.export.tensorrt import build_tensorrt_engine
+
+    precision = session.options.tensorrt_precision
+    source = session.static_int8_onnx[0] if precision == "int8" else session.base_onnx
+    return build_tensorrt_engine(source, target, precision=precision)
+
+
+def _text_onnx(session: ExportSession, target: Path) -> Details:
+    backbone = session.backbone
+    export_text_onnx(backbone, target, session.options.opset)
+    source = Path(backbone.source_dir) / TOKENIZER_FILE
+    if not source.is_file():
+        raise ClipHarError(f"{source}: the text export needs the fast tokenizer's {TOKENIZER_FILE}")
+    tokenizer = target.with_name(TOKENIZER_FILE)
+    shutil.copyfile(source, tokenizer)
+    fast = backbone.tokenizer
+    return {
+        "tokenizer": f"{EXPORTS_DIR}/{TOKENIZER_FILE}",
+        "tokenizer_sha256": file_sha256(tokenizer),
+        "max_length": int(min(fast.model_max_length, 4096)),
+        "pad_id": int(fast.pad_token_id),
+        "pad_to_max_length": backbone.model_type.startswith("siglip"),
+        "logit_scale": backbone.logit_scale,
+    }
+
+
+def _open_vocabulary_outputs(
+    session: ExportSession, spec: FormatSpec, path: Path, details: Details
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot probabilities over the bundle's classes from ONNX text embeddings and
+    from torch text embeddings, both on the torch image embeddings."""
+    from clip_har.inference.onnx_engine import OnnxTextEncoder, class_text_weights
+
+    encoder = OnnxTextEncoder(
+        path,
+        path.with_name(TOKENIZER_FILE),
+        max_length=int(details["max_length"]),
+        pad_id=int(details["pad_id"]),
+        pad_to_max_length=bool(details["pad_to_max_length"]),
+        threads=session.options.threads,
+    )
+    manifest = session.bundle.manifest
+    onnx_weights = class_text_weights(encoder, manifest.class_names, manifest.prompts)
+    cache = TextEmbeddingCache(session.backbone)
+    torch_weights = zero_shot_weights(manifest.class_names, manifest.prompts, cache).numpy()
+    scale = float(details["logit_scale"])
+    embeddings = torch.from_numpy(session.reference_embeddings)
+    onnx_probs, torch_probs = (
+        (scale * embeddings @ torch.from_numpy(weights).T).softmax(dim=-1).numpy()
+        for weights in (onnx_weights, torch_weights)
+    )
+    return onnx_probs, torch_probs
+
+
+# Keyed by the names in clip_har.inference.formats; a test checks every format has one.
+EXPORTERS: dict[str, Exporter] = {
+    "onnx": Exporter(_onnx),
+    "onnx-opt": Exporter(_onnx_opt),
+    "onnx-int8": Exporter(_onnx_int8),
+    "onnx-int8-static": Exporter(_onnx_int8_static),
+    "onnx-fp16": Exporter(_onnx_fp16),
+    "torchscript": Exporter(_torchscript),
+    "tensorrt": Exporter(_tensorrt),
+    TEXT_FORMAT: Exporter(_text_onnx, compare=_open_vocabulary_outputs),
+}
+
+
+def register_exporter(name: str, exporter: Exporter) -> Exporter:
+    """Attach the exporter of a format registered with
+    :func:`clip_har.inference.formats.register_format`."""
+    get_format(name)  # raises for an unregistered name
+    if name in EXPORTERS:
+        raise ClipHarError(f"format '{name}' already has an exporter")
+    EXPORTERS[name] = exporter
+    return exporter
 
 
 def export_bundle(
@@ -304,12 +337,12 @@ def export_bundle(
     summary = ExportSummary(bundle)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=exports))
     try:
-        exporter = _Exporter(bundle, options, work)
+        session = ExportSession(bundle, options, work)
         for done, name in enumerate(names):
             if progress is not None:
                 progress(name, done, len(names))
             try:
-                summary.records[name] = _export_one(exporter, name, exports)
+                summary.records[name] = _export_one(session, name, exports)
             except ClipHarError as exc:
                 summary.failures[name] = str(exc)
             except Exception as exc:  # onnx/onnxruntime/torch raise many types; keep going
@@ -345,34 +378,55 @@ def copy_bundle(source: str | Path, target: Path, *, overwrite: bool = False) ->
     return target
 
 
-def _export_one(exporter: _Exporter, name: str, exports: Path) -> ExportRecord:
+def _precision(spec: FormatSpec, details: Details) -> Precision:
+    """The precision the artifact was built in: the format's only one, or the one its
+    exporter chose and recorded in ``details["precision"]``."""
+    if len(spec.precisions) == 1:
+        return spec.precisions[0]
+    for precision in spec.precisions:
+        if details.get("precision") == precision:
+            return precision
+    raise ClipHarError(
+        f"the '{spec.name}' exporter recorded precision {details.get('precision')!r}, not one "
+        f"of {', '.join(spec.precisions)}"
+    )
+
+
+def _export_one(session: ExportSession, name: str, exports: Path) -> ExportRecord:
+    spec = get_format(name)
+    unavailable = spec.unavailable_reason("export")
+    if unavailable is not None:
+        raise ClipHarError(unavailable)
     started = time.perf_counter()
-    target = exports / FILES[name]
-    staging = exporter.work / FILES[name]
-    details = exporter.build(name, staging)
-    precision = _PRECISION.get(name) or exporter.options.tensorrt_precision
-    parity = exporter.parity(name, staging, precision, details)
+    target = exports / spec.file
+    staging = session.work / spec.file
+    details = EXPORTERS[name].build(session, staging)
+    precision = _precision(spec, details)
+    parity = session.parity(spec, staging, precision, details)
     staging.replace(target)
-    if name == TEXT_FORMAT:
-        staging.with_name(TOKENIZER_FILE).replace(exports / TOKENIZER_FILE)
+    for companion in spec.companions:
+        staging.with_name(companion).replace(exports / companion)
     record = ExportRecord(
         format=name,
-        file=f"{EXPORTS_DIR}/{FILES[name]}",
+        file=f"{EXPORTS_DIR}/{spec.file}",
         sha256=file_sha256(target),
         bytes=target.stat().st_size,
         precision=precision,
-        opset=exporter.options.opset if "onnx" in name else None,
+        opset=session.options.opset if spec.runtime == "onnxruntime" else None,
         parity=parity,
         created_at=datetime.now(timezone.utc),
         details={**details, "export_seconds": round(time.perf_counter() - started, 2)},
     )
     log.info(
-        "%s: %s, %.1f MB, max |Δp| %.2e, top-1 agreement %.1f%% — %s",
+        "%s: %s, %.1f MB, max |Δp| %.2e, top-1 agreement %.1f%% on %s decided images "
+        "(%s near-ties excluded) — %s",
         name,
         record.file,
         record.bytes / 1e6,
         parity.max_abs_diff,
         100 * parity.top1_agreement,
+        parity.decided_images,
+        parity.excluded_images,
         "passed" if parity.passed else "FAILED the parity gate",
     )
     return record

@@ -1,25 +1,12 @@
 """TensorRT export: the exported image ONNX (``pixels`` -> ``probabilities`` + ``embeddings``)
 built into a serialized engine for the GPU it runs on.
 
-Precision, by TensorRT version (the precision builder flags are gone in TensorRT 11):
-
-* ``fp16`` — TensorRT 10: the fp32 ONNX with ``BuilderFlag.FP16`` (weak typing).
-  TensorRT 11 (always strongly typed): the ONNX is first converted to fp16 with fp32
-  inputs/outputs (ONNX Runtime's float16 converter), unless it already is fp16.
-* ``int8`` — an ONNX with ``QuantizeLinear``/``DequantizeLinear`` nodes is built as
-  explicit quantization (scales from the graph, no calibrator). An fp32 ONNX needs
-  implicit INT8 calibration (``IInt8EntropyCalibrator2`` on ``calibration`` pixels,
-  cached in ``calibration_cache``), which only TensorRT 10 has: it was deprecated in
-  10.1 and removed in 11, where int8 needs a QDQ ONNX.
-
-Engines are tied to the TensorRT version and GPU model that built them, so the
-returned details (recorded in the bundle manifest) name both.
+Precision by TensorRT version (10 and 11): docs/export.md#tensorrt.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +14,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, TensorRTError
+from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS
 from clip_har.inference.tensorrt_engine import (
-    IMAGE_INPUT,
-    IMAGE_OUTPUTS,
-    TensorRTError,
-    TensorRTUnavailableError,
     make_trt_logger,
     require_tensorrt,
 )
 from clip_har.inference.tensorrt_engine import (
     tensorrt_unavailable_reason as _unavailable_reason,
 )
+from clip_har.io import atomic_write
 
 __all__ = [
     "OnnxImageModel",
-    "TensorRTError",
-    "TensorRTUnavailableError",
     "build_tensorrt_engine",
     "inspect_onnx",
     "tensorrt_unavailable_reason",
@@ -177,14 +160,8 @@ def _check_arguments(
 
 def _write_atomic(path: Path, data: Any) -> None:
     """Write bytes (or a buffer such as ``IHostMemory``) so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-        temporary.replace(path)  # atomic (os.replace)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write(path) as staging, staging.open("wb") as handle:
+        handle.write(data)
 
 
 def _entropy_calibrator(

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
+
+from clip_har.errors import PreprocessingConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +54,29 @@ class ImageConfig(BaseModel, frozen=True):
 
     @model_validator(mode="after")
     def _check(self) -> ImageConfig:
+        # PreprocessingConfigError is a ValueError: direct construction still raises
+        # pydantic's ValidationError, and from_hf reads the field back from it.
         if min(self.size) < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
+            raise PreprocessingConfigError("size", f"must be positive, got {self.size}")
         if self.crop_size is not None and min(self.crop_size) < 1:
-            raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+            raise PreprocessingConfigError("crop_size", f"must be positive, got {self.crop_size}")
         if self.resize_mode == "shortest_edge":
             if self.size[0] != self.size[1]:
-                raise ValueError(f"shortest_edge resizing takes size=(edge, edge), got {self.size}")
+                raise PreprocessingConfigError(
+                    "size", f"shortest_edge resizing takes size=(edge, edge), got {self.size}"
+                )
             if self.crop_size is None:
-                raise ValueError(
+                raise PreprocessingConfigError(
+                    "crop_size",
                     "shortest_edge resizing without a centre crop gives a different output "
-                    "size for every aspect ratio; set crop_size (or use resize_mode='exact')"
+                    "size for every aspect ratio; set crop_size (or use resize_mode='exact')",
                 )
         if any(s == 0 for s in self.std):
-            raise ValueError(f"std must be non-zero, got {self.std}")
+            raise PreprocessingConfigError("std", f"must be non-zero, got {self.std}")
         if not self.rescale_factor > 0:
-            raise ValueError(f"rescale_factor must be positive, got {self.rescale_factor}")
+            raise PreprocessingConfigError(
+                "rescale_factor", f"must be positive, got {self.rescale_factor}"
+            )
         return self
 
     @property
@@ -78,20 +87,35 @@ class ImageConfig(BaseModel, frozen=True):
         return self.size
 
     @classmethod
-    def from_hf(cls, cfg: Mapping[str, Any]) -> ImageConfig:
-        """Parse a Hugging Face ``preprocessor_config.json`` (CLIP, SigLIP and alike)."""
+    def from_hf(cls, cfg: Any) -> ImageConfig:
+        """Parse a Hugging Face ``preprocessor_config.json`` (CLIP, SigLIP and alike).
+
+        Raises :class:`PreprocessingConfigError` naming the field that cannot be used; the
+        loader that read the file adds its path with :meth:`PreprocessingConfigError.at`.
+        """
+        if not isinstance(cfg, Mapping):
+            raise PreprocessingConfigError(
+                None, f"must hold a JSON object, not {type(cfg).__name__}"
+            )
+        try:
+            return cls._from_hf(cfg)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def _from_hf(cls, cfg: Mapping[str, Any]) -> ImageConfig:
         kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "")
         family = "siglip" if "siglip" in kind.lower() else "clip"
         if kind and "clip" not in kind.lower() and family != "siglip":
             logger.warning("preprocessor type %r is not CLIP or SigLIP; reading it as CLIP", kind)
 
         if cfg.get("do_resize", True) is False:
-            raise ValueError(
-                "preprocessor config has do_resize=false: models need a fixed input size, "
-                "so a config without resizing is not supported"
+            raise PreprocessingConfigError(
+                "do_resize",
+                "do_resize=false is not supported: models need a fixed input size",
             )
         if cfg.get("do_pad"):
-            raise ValueError("preprocessor config has do_pad=true, which is not supported")
+            raise PreprocessingConfigError("do_pad", "do_pad=true is not supported")
         if cfg.get("do_convert_rgb") is False:
             logger.info("preprocessor config has do_convert_rgb=false; images are converted anyway")
 
@@ -111,7 +135,7 @@ class ImageConfig(BaseModel, frozen=True):
         else:
             mean = _triple(cfg.get("image_mean", default_mean), "image_mean")
             std = _triple(cfg.get("image_std", default_std), "image_std")
-        factor = float(cfg.get("rescale_factor", 1 / 255))
+        factor = _number(cfg.get("rescale_factor", 1 / 255), "rescale_factor")
         if cfg.get("do_rescale", True) is False:
             factor = 1.0
         return cls(
@@ -149,9 +173,30 @@ class ImageConfig(BaseModel, frozen=True):
         return out
 
 
+# the ImageConfig fields that from_hf fills from differently named Hugging Face keys
+_HF_KEYS = {"mean": "image_mean", "std": "image_std"}
+
+
+def _config_error(exc: ValidationError) -> PreprocessingConfigError:
+    """The first problem of a failed ImageConfig construction, with its Hugging Face key."""
+    error = exc.errors()[0]
+    original = (error.get("ctx") or {}).get("error")
+    if isinstance(original, PreprocessingConfigError):
+        field, reason = original.field, original.reason
+    else:
+        field, reason = ".".join(str(part) for part in error["loc"]) or None, error["msg"]
+    return PreprocessingConfigError(_HF_KEYS.get(field or "", field), reason)
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PreprocessingConfigError(what, f"must be a number, got {value!r}")
+    return float(value)
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise PreprocessingConfigError(what, f"must be a positive integer, got {value!r}")
     return value
 
 
@@ -175,10 +220,11 @@ def _parse_size(value: Any, family: str) -> tuple[ResizeMode, tuple[int, int]]:
                 _positive_int(value["height"], "size.height"),
                 _positive_int(value["width"], "size.width"),
             )
-    raise ValueError(
-        f"unsupported preprocessor size {value!r}: expected an int, "
+    raise PreprocessingConfigError(
+        "size",
+        f"unsupported value {value!r}: expected an int, "
         "{'shortest_edge': N} or {'height': H, 'width': W} "
-        "(longest_edge / max_height resizing is not supported)"
+        "(longest_edge / max_height resizing is not supported)",
     )
 
 
@@ -196,8 +242,8 @@ def _parse_crop(value: Any) -> tuple[int, int]:
             _positive_int(value["height"], "crop_size.height"),
             _positive_int(value["width"], "crop_size.width"),
         )
-    raise ValueError(
-        f"unsupported crop_size {value!r}: expected an int or {{'height': H, 'width': W}}"
+    raise PreprocessingConfigError(
+        "crop_size", f"unsupported value {value!r}: expected an int or {{'height': H, 'width': W}}"
     )
 
 
@@ -209,12 +255,15 @@ def _parse_resample(value: Any) -> ResampleName:
         if value in _PIL_CODE_TO_NAME:
             return _PIL_CODE_TO_NAME[value]
         if value in _PIL_UNSUPPORTED:
-            raise ValueError(
-                f"resample={value} ({_PIL_UNSUPPORTED[value]}) is not supported; "
-                "use nearest (0), lanczos (1), bilinear (2) or bicubic (3)"
+            raise PreprocessingConfigError(
+                "resample",
+                f"{value} ({_PIL_UNSUPPORTED[value]}) is not supported; "
+                "use nearest (0), lanczos (1), bilinear (2) or bicubic (3)",
             )
-    raise ValueError(
-        f"unsupported resample {value!r}: use nearest (0), lanczos (1), bilinear (2) or bicubic (3)"
+    raise PreprocessingConfigError(
+        "resample",
+        f"unsupported resample {value!r}: "
+        "use nearest (0), lanczos (1), bilinear (2) or bicubic (3)",
     )
 
 
@@ -222,9 +271,11 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value), float(value), float(value)
     if isinstance(value, list | tuple) and len(value) == 3:
-        a, b, c = (float(v) for v in value)
+        a, b, c = (_number(v, what) for v in value)
         return a, b, c
-    raise ValueError(f"{what} must be a number or 3 numbers (one per RGB channel), got {value!r}")
+    raise PreprocessingConfigError(
+        what, f"must be a number or 3 numbers (one per RGB channel), got {value!r}"
+    )
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,18 +1,6 @@
 """Compiled preprocessing kernels: Pillow's resampling, bit for bit, and the final normalise.
 
-Pillow's 8-bit convolution resampling is reproduced only where the centre crop keeps it.
-
-Pillow (``Image.resize`` with bilinear, bicubic or Lanczos filters) resamples in two
-separable passes with fixed-point coefficients (22 fractional bits) and uint8
-rounding between the passes. This module reproduces that arithmetic exactly, so
-the result equals ``np.asarray(image.resize(size, filter))[crop]`` to the bit, and
-gains its speed by
-
-* computing only the rows and columns that survive the centre crop, and
-* running each pass over contiguous rows, so the compiler vectorises the
-  multiply-adds (the horizontal pass works on a transposed copy of the image).
-
-The kernels are compiled with numba on first use and cached on disk.
+Compiled with numba on first use and cached on disk. See docs/preprocessing.md#the-resize-kernels.
 """
 
 from __future__ import annotations

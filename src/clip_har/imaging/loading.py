@@ -34,6 +34,11 @@ IMAGE_EXTENSIONS = frozenset(
 )
 """File suffixes treated as images by every command that searches a folder."""
 
+DEFAULT_MIN_SIDE = 32
+"""Images whose shorter side is below this many pixels are rejected (``data.min_image_side``)."""
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Images with more pixels are rejected from their header (``data.max_image_pixels``)."""
+
 # Image.open may warn about (or refuse) huge images. The warning filter is process
 # global, so it is changed under a lock; only the header parse happens inside it.
 _WARNINGS_LOCK = threading.Lock()
@@ -83,8 +88,8 @@ def _too_large(pixels: int, limit: int) -> str:
 def load_image(
     source: str | os.PathLike[str] | bytes | BinaryIO,
     *,
-    min_side: int = 16,
-    max_pixels: int = 64_000_000,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Open, size-check, fully decode and EXIF-orient an image, in its native mode.
 

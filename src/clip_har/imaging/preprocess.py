@@ -1,25 +1,7 @@
 """The one image preprocessing implementation: load, orient, RGB, resize, centre crop, normalise.
 
-Everything that turns an image into model pixels (training-time evaluation, every
-inference engine, the server, the UI) goes through :class:`Preprocessor`. Its output
-matches ``transformers.CLIPImageProcessorPil`` (the PIL backend of
-``CLIPImageProcessor``) to float rounding: the uint8 pixels after resize and crop
-are bit-identical, only the final multiply-add differs in the last float32 bits.
-
-How it stays exact and still runs faster than the reference:
-
-* the resize is Pillow's own fixed-point convolution, reproduced bit for bit by
-  :mod:`clip_har.imaging.kernels` (same filters, same 22-bit coefficients, same
-  uint8 rounding between the passes, same pass order), but computed only for the
-  pixels that survive the centre crop and vectorised over contiguous rows.
-  Pillow's ``resize(box=...)`` is not used: it takes the box as 32-bit floats,
-  which moves the filter taps (2.2% of pixel values changed on the 904 HAR dev
-  photos, up to 15 levels). JPEG draft mode and ``reducing_gap`` are excluded for
-  the same reason. A probe at first use checks the kernels against the installed
-  Pillow and falls back to Pillow itself if they ever disagree.
-* no round trips through numpy and back, no float64 intermediates: one uint8 view
-  of the cropped image and one fused cast-multiply plus one add write the float32
-  result straight into its slot of the batch array.
+Training-time evaluation and every inference engine go through :class:`Preprocessor`.
+Parity with ``transformers`` and how it stays exact: docs/preprocessing.md#the-preprocessor.
 """
 
 from __future__ import annotations

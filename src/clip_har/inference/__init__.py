@@ -1,1 +1,1 @@
-"""inference."""
+"""Inference: engines, the format registry and the Predictor. See docs/inference.md."""

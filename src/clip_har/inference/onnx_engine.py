@@ -1,10 +1,7 @@
 """ONNX Runtime engines: exported image models, the exported text encoder, and zero-shot
 heads for new labels, all without PyTorch (numpy, onnxruntime and tokenizers only).
 
-Every exported image model has one input, ``pixels`` ``[N, 3, H, W]``, and two
-outputs: ``probabilities`` ``[N, C]`` (the bundle's head folded in) and
-``embeddings`` ``[N, D]`` (L2-normalised), which open-vocabulary requests score
-against text embeddings from the exported text encoder.
+See docs/inference.md#onnx-runtime.
 """
 
 from __future__ import annotations
@@ -16,13 +13,9 @@ from typing import Any
 import numpy as np
 
 from clip_har.errors import ClipHarError
+from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUT
 from clip_har.lru import BatchLru
 from clip_har.models.prompts import PromptSet, validate_class_names
-
-IMAGE_INPUT = "pixels"
-IMAGE_OUTPUTS = ("probabilities", "embeddings")
-TEXT_INPUTS = ("input_ids", "attention_mask")
-TEXT_OUTPUT = "text_embeddings"
 
 
 def execution_providers(device: str, requested: Sequence[str] | None = None) -> list[Any]:
@@ -147,7 +140,7 @@ class OnnxTextEncoder:
             input_ids[row, : len(tokens)] = tokens
             attention[row, : len(tokens)] = 1
         (embeddings,) = self.session.run(
-            [TEXT_OUTPUT], {"input_ids": input_ids, "attention_mask": attention}
+            [TEXT_OUTPUT], dict(zip(TEXT_INPUTS, (input_ids, attention), strict=True))
         )
         return np.asarray(embeddings, dtype=np.float32)
 

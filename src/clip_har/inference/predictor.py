@@ -7,19 +7,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from clip_har.errors import ClipHarError
+from clip_har.config import DataSettings, PredictSettings, Settings
+from clip_har.errors import ClipHarError, ImageProblem
 from clip_har.imaging import ImageConfig, ImageLoadError, Preprocessor, load_image
-from clip_har.inference.engines import (
-    TEXT_FORMAT,
-    Engine,
-    EngineOptions,
-    TorchEngine,
-    create_engine,
-)
+from clip_har.inference.engines import Engine, EngineOptions, TorchEngine, create_engine
+from clip_har.inference.formats import REFERENCE_FORMAT, TEXT_FORMAT, get_format
 from clip_har.io import file_sha256
 from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.bundle import Bundle, open_bundle
@@ -40,25 +37,43 @@ class Prediction:
 
 @dataclass(frozen=True)
 class FileResult:
-    """Outcome for one input file: a prediction or the reason it failed."""
+    """Outcome for one input file: a prediction, or why it failed (``code`` classifies the
+    failure, ``error`` says it in words)."""
 
     path: Path
     prediction: Prediction | None = None
     error: str | None = None
+    code: ImageProblem | None = None
 
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How many labels to return, batch size, and the guards applied to every image."""
+    """How many labels to return, batch size, and the guards applied to every image.
 
-    top_k: int = 5
-    batch_size: int = 32
-    min_side: int = 16
-    max_pixels: int = 64_000_000
+    The defaults are those of the ``predict`` and ``data`` settings sections."""
+
+    top_k: int = PredictSettings().top_k
+    batch_size: int = PredictSettings().batch_size
+    min_side: int = DataSettings().min_image_side
+    max_pixels: int = DataSettings().max_image_pixels
 
     def __post_init__(self) -> None:
         if min(self.top_k, self.batch_size, self.min_side, self.max_pixels) < 1:
             raise ValueError(f"all prediction options must be at least 1: {self}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> PredictOptions:
+        """Options from the ``predict`` and ``data`` (image guards) sections; ``overrides``
+        that are not ``None`` win. ``predict`` and ``evaluate`` both build theirs here, so
+        they accept and reject the same images."""
+        values: dict[str, Any] = {
+            "top_k": settings.predict.top_k,
+            "batch_size": settings.predict.batch_size,
+            "min_side": settings.data.min_image_side,
+            "max_pixels": settings.data.max_image_pixels,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 class OpenVocabulary:
@@ -158,7 +173,11 @@ class Predictor:
         vocabulary: Vocabulary | None = None
         if isinstance(engine, TorchEngine) and engine.backbone is not None:
             vocabulary = OpenVocabulary(engine.backbone, bundle.manifest.prompts)
-        elif format.startswith("onnx") and TEXT_FORMAT in bundle.manifest.exports:
+        elif (
+            format != REFERENCE_FORMAT
+            and get_format(format).runtime == get_format(TEXT_FORMAT).runtime
+            and TEXT_FORMAT in bundle.manifest.exports
+        ):
             vocabulary = OnnxOpenVocabulary(engine, bundle, engine_options)
         info = bundle.manifest.backbone
         return cls(
@@ -240,24 +259,24 @@ class Predictor:
             for start in range(0, len(path_list), size):
                 chunk = path_list[start : start + size]
                 errors = list(pool.map(self._load_into, chunk, buffer))
-                good = [i for i, error in enumerate(errors) if error is None]
+                good = [i for i, failure in enumerate(errors) if failure is None]
                 pixels = buffer[: len(chunk)] if len(good) == len(chunk) else buffer[good]
                 predictions = iter(self.predict_pixels(pixels) if good else [])
-                for path, error in zip(chunk, errors, strict=True):
-                    if error is None:
+                for path, failure in zip(chunk, errors, strict=True):
+                    if failure is None:
                         yield FileResult(path, prediction=next(predictions))
                     else:
-                        yield FileResult(path, error=error)
+                        yield FileResult(path, error=failure.reason, code=failure.code)
 
-    def _load_into(self, path: Path, out: np.ndarray) -> str | None:
-        """Preprocess ``path`` into ``out``; return the reason if the file cannot be used."""
+    def _load_into(self, path: Path, out: np.ndarray) -> ImageLoadError | None:
+        """Preprocess ``path`` into ``out``; return the error if the file cannot be used."""
         try:
             image = load_image(
                 path, min_side=self.options.min_side, max_pixels=self.options.max_pixels
             )
             self.preprocessor.into(image, out)
         except ImageLoadError as exc:
-            return exc.reason
+            return exc
         return None
 
     def _rank(self, probs: np.ndarray) -> Prediction:

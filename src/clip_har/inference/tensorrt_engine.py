@@ -1,14 +1,7 @@
-"""TensorRT engine: a serialized ``.engine`` plan run on one CUDA GPU.
+"""TensorRT engine: a serialized TensorRT plan (``model.plan``) run on one CUDA GPU.
 
-The plan has one input, ``pixels`` ``[N, 3, H, W]`` (N dynamic within the profile
-it was built with), and two outputs, ``probabilities`` ``[N, C]`` and
-``embeddings`` ``[N, D]``, the same contract as every exported image model.
-Buffers are PyTorch CUDA tensors, so no pycuda / cuda-python is needed.
-
-TensorRT is optional: this module imports neither ``tensorrt`` nor ``torch`` at
-import time, and :func:`tensorrt_unavailable_reason` says exactly what is missing
-on a machine that cannot run it. ``clip_har.export.tensorrt`` reuses these checks
-(inference never imports export).
+Imports neither ``tensorrt`` nor ``torch`` at import time; :func:`tensorrt_unavailable_reason`
+says what is missing. See docs/inference.md#tensorrt.
 """
 
 from __future__ import annotations
@@ -21,24 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import TensorRTError, TensorRTUnavailableError
+from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-IMAGE_INPUT = "pixels"
-IMAGE_OUTPUTS = ("probabilities", "embeddings")
 MIN_TENSORRT_MAJOR = 10  # the name-based tensor API (set_tensor_address / execute_async_v3)
-
-
-class TensorRTError(ClipHarError):
-    """A TensorRT engine could not be built, loaded or run."""
-
-
-class TensorRTUnavailableError(TensorRTError):
-    """This machine lacks what TensorRT needs: a CUDA GPU and the ``tensorrt`` package."""
 
 
 def _install_hint(torch_cuda: str | None) -> str:

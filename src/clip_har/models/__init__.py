@@ -1,1 +1,1 @@
-"""models."""
+"""Models: backbone, presets, prompts, heads, classifier and bundle. See docs/models.md."""

@@ -1,8 +1,6 @@
 """Contract 1 — the backbone: any CLIP-like ``transformers`` model behind one small interface.
 
-``load_backbone(spec)`` accepts a Hugging Face hub id, a local directory in
-``save_pretrained`` layout, or a preset name (see :mod:`clip_har.models.presets`).
-Presets are saved to disk first and then go through the very same loading code.
+See docs/models.md#the-backbone.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clip_har.errors import ModelUnavailableError
+from clip_har.errors import ModelUnavailableError, PreprocessingConfigError
 from clip_har.imaging import ImageConfig
 from clip_har.models.presets import PRESET_MARKER, PRESETS, ensure_preset, is_preset
 
@@ -188,7 +186,11 @@ def _load_directory(spec: str, directory: Path, identity: str | None) -> Backbon
         raise ModelUnavailableError(
             f"{directory} has no *.safetensors weights (pickle .bin weights are not loaded)"
         )
-    model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
+    image_config = _read_image_config(preprocessor)  # before the weights: fail fast
+    try:
+        model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' many ways to fail
+        raise ModelUnavailableError(f"{directory}: cannot load the model: {exc}") from None
     for method in ("get_image_features", "get_text_features"):
         if not hasattr(model, method):
             raise ModelUnavailableError(
@@ -203,13 +205,26 @@ def _load_directory(spec: str, directory: Path, identity: str | None) -> Backbon
         spec=spec,
         model=model,
         tokenizer=AutoTokenizer.from_pretrained(directory),
-        image_config=ImageConfig.from_hf(json.loads(preprocessor.read_text())),
+        image_config=image_config,
         fingerprint=identity or f"sha256:{content_hash(directory)}",
         random_weights=bool(random_weights),
         source_dir=directory,
     )
     log.info("loaded backbone %s (%s)", backbone.label, backbone.fingerprint)
     return backbone
+
+
+def _read_image_config(path: Path) -> ImageConfig:
+    """Parse a ``preprocessor_config.json``; a :class:`PreprocessingConfigError` names the
+    file and the field."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PreprocessingConfigError(None, f"not readable JSON: {exc}", str(path)) from None
+    try:
+        return ImageConfig.from_hf(raw)
+    except PreprocessingConfigError as exc:
+        raise exc.at(path) from None
 
 
 def content_hash(directory: Path) -> str:

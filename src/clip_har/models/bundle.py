@@ -1,16 +1,6 @@
 """Contract 4 — the bundle: a directory that carries a model through its whole life.
 
-Layout::
-
-    manifest.json       schema version, classes, prompts, preprocessing, backbone, head,
-                        metrics, lineage, exports
-    head.safetensors    the head's tensors
-    encoder.safetensors optional: image-encoder tensors a fine-tune (partial / LoRA) changed
-    backbone/           optional copy of the backbone (save_pretrained layout)
-    exports/            optional exported engines (onnx, torchscript, tensorrt)
-
-Opening a bundle validates everything that can be checked without loading the
-backbone; loading the classifier then checks the backbone's fingerprint.
+Layout and what opening one checks: docs/models.md#the-bundle.
 """
 
 from __future__ import annotations
@@ -26,16 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clip_har.errors import BundleError
 from clip_har.imaging import ImageConfig
-from clip_har.io import file_sha256, git_commit
+from clip_har.io import file_sha256, git_commit, write_text_atomic
 from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
 from clip_har.models.classifier import HARClassifier
-from clip_har.models.heads import HEAD_TYPES, Head
+from clip_har.models.heads import Head, head_class
 from clip_har.models.prompts import PromptSet
 from clip_har.version import __version__
 
@@ -47,6 +37,9 @@ HEAD_FILE = "head.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 BACKBONE_DIR = "backbone"
 EXPORTS_DIR = "exports"
+
+# how a fine-tune changed the image encoder: trailing blocks trained, or LoRA merged in
+EncoderMethod = Literal["partial", "lora"]
 
 
 class _Strict(BaseModel):
@@ -64,13 +57,19 @@ class BackboneInfo(_Strict):
 
 
 class HeadInfo(_Strict):
-    type: Literal["zero_shot", "linear", "clip_adapter", "tip_adapter"]
+    type: str = Field(description="A registered head type (models.heads.HEADS).")
     file: str = HEAD_FILE
     params: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        head_class(value)  # raises, naming the registered types
+        return value
+
 
 class EncoderInfo(_Strict):
-    method: Literal["partial", "lora"]
+    method: EncoderMethod
     file: str = ENCODER_FILE
     tensors: int = Field(gt=0)
 
@@ -80,7 +79,7 @@ class EncoderDelta:
     """Image-encoder tensors a fine-tune changed, named as in the backbone model's state
     dict (LoRA is merged into the weights first, so loading needs no peft)."""
 
-    method: Literal["partial", "lora"]
+    method: EncoderMethod
     tensors: dict[str, torch.Tensor]
 
 
@@ -90,12 +89,20 @@ class ParityInfo(_Strict):
     images: int = Field(gt=0)
     real_photos: bool
     max_abs_diff: float = Field(ge=0)
+    # over the decided images (1.0 when none is decided); over every image in records
+    # written before the decided/excluded split, which then has no counts below
     top1_agreement: float = Field(ge=0, le=1)
     max_abs_diff_limit: float = Field(ge=0)
     agreement_floor: float = Field(ge=0, le=1)
     # median of the reference's top-1 minus top-2 probability; near 0 means near-ties,
     # where a tiny difference flips the top-1 (random-weight models)
     median_margin: float | None = None
+    # an image is decided when its reference top-1 margin exceeds margin_bound (twice the
+    # measured max |Δp|); the others are near-ties the artifact's own error may reorder
+    margin_bound: float | None = Field(None, ge=0)
+    decided_images: int | None = Field(None, ge=0)
+    excluded_images: int | None = Field(None, ge=0)
+    top1_agreement_all: float | None = Field(None, ge=0, le=1)  # every image, for reference
     passed: bool
 
 
@@ -210,7 +217,7 @@ class Bundle:
             raise BundleError(f"{path}: cannot read head weights: {exc}") from None
         info = self.manifest.head
         try:
-            head = HEAD_TYPES[info.type].from_tensors(tensors, info.params)
+            head = head_class(info.type).from_tensors(tensors, info.params)
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # HeadShapeError too
             raise BundleError(f"{path}: {exc}") from None
         probe = torch.zeros(1, self.manifest.backbone.embed_dim)
@@ -305,10 +312,7 @@ def record_exports(bundle: Bundle, records: list[ExportRecord], *, replace: bool
     exports = {} if replace else dict(bundle.manifest.exports)
     exports.update({record.format: record for record in records})
     manifest = bundle.manifest.model_copy(update={"exports": exports})
-    path = bundle.directory / MANIFEST
-    staging = path.with_name(f".{MANIFEST}.tmp")
-    staging.write_text(manifest.model_dump_json(indent=2) + "\n")
-    staging.replace(path)
+    write_text_atomic(bundle.directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return open_bundle(bundle.directory)
 
 

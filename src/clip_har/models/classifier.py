@@ -1,8 +1,7 @@
 """Contract 3 — the classifier: pixels -> image embedding -> head -> logits.
 
 ``HARClassifier`` is the one module that prediction, training and export all use.
-Zero-shot heads are built from text prompts; :class:`TextEmbeddingCache` makes
-open-vocabulary heads (new labels at run time) cheap to rebuild.
+See docs/models.md#the-classifier.
 """
 
 from __future__ import annotations

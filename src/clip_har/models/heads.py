@@ -1,22 +1,19 @@
 """Classification heads: L2-normalised image embeddings ``[N, D]`` -> logits ``[N, C]``.
 
-Every head is an ``nn.Module`` whose tensors (its ``state_dict``) go to the bundle's
-``head.safetensors`` and whose few scalar settings (:meth:`Head.hparams`) go to the
-bundle manifest; :meth:`Head.from_tensors` rebuilds it exactly, checking every shape.
+:data:`HEADS` is the registry of head types; a head class joins it with :func:`register_head`.
+See docs/models.md#heads.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-
-class HeadShapeError(ValueError):
-    """Saved head tensors are missing or have the wrong shapes."""
+from clip_har.errors import HeadShapeError
 
 
 class Head(nn.Module, ABC):
@@ -51,6 +48,30 @@ class Head(nn.Module, ABC):
             )
 
 
+HEADS: dict[str, type[Head]] = {}
+"""Every head type by its ``head_type`` name (the manifest's ``head.type``)."""
+
+HeadT = TypeVar("HeadT", bound=type[Head])
+
+
+def register_head(cls: HeadT) -> HeadT:
+    """Class decorator: add a :class:`Head` subclass to :data:`HEADS` under its
+    ``head_type``, so bundles can name it and :func:`head_class` can rebuild it."""
+    name = cls.head_type
+    if HEADS.get(name, cls) is not cls:
+        raise ValueError(f"head type {name!r} is already registered by {HEADS[name].__name__}")
+    HEADS[name] = cls
+    return cls
+
+
+def head_class(name: str) -> type[Head]:
+    """The registered head class called ``name``."""
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise ValueError(f"unknown head type {name!r}; registered: {', '.join(HEADS)}") from None
+
+
 def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != shape:
         raise HeadShapeError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected {shape}")
@@ -77,6 +98,7 @@ class _TextAnchoredHead(Head):
         return self.logit_scale * image_embeddings @ self.class_weights.T
 
 
+@register_head
 class ZeroShotHead(_TextAnchoredHead):
     """``logits = scale * cos(image, class)`` against fixed class embeddings ``[C, D]``."""
 
@@ -95,6 +117,7 @@ class ZeroShotHead(_TextAnchoredHead):
         return cls(tensors["class_weights"], float(tensors["logit_scale"]))
 
 
+@register_head
 class LinearHead(Head):
     """``logits = image @ weight.T + bias``: a linear probe, or a zero-shot-initialised one."""
 
@@ -129,6 +152,7 @@ class LinearHead(Head):
         return cls(tensors["weight"], tensors["bias"])
 
 
+@register_head
 class AdapterHead(_TextAnchoredHead):
     """CLIP-Adapter (Gao et al. 2021): a residual bottleneck MLP on the image embedding,
     ``x' = normalise(ratio * mlp(x) + (1 - ratio) * x)``, then the zero-shot head."""
@@ -176,6 +200,7 @@ class AdapterHead(_TextAnchoredHead):
         return head
 
 
+@register_head
 class TipAdapterHead(_TextAnchoredHead):
     """Tip-Adapter (Zhang et al. 2022): zero-shot logits plus a cache model over the
     training embeddings, ``alpha * exp(-beta * (1 - x @ keys.T)) @ values``.
@@ -235,8 +260,3 @@ class TipAdapterHead(_TextAnchoredHead):
             alpha=float(hparams.get("alpha", 1.0)),
             beta=float(hparams.get("beta", 1.0)),
         )
-
-
-HEAD_TYPES: dict[str, type[Head]] = {
-    head.head_type: head for head in (ZeroShotHead, LinearHead, AdapterHead, TipAdapterHead)
-}

@@ -1,9 +1,7 @@
 """Built-in backbone presets: random-weight CLIPs built locally in ``save_pretrained`` layout.
 
-``tiny`` is a small CLIP for tests and offline demos; ``clip-vit-b32-random`` and
-``clip-vit-b16-random`` are the real OpenAI ViT-B architectures with random
-weights, for speed and memory benchmarks. None of them knows anything: their
-predictions are meaningless, and everything that shows them says so.
+Their predictions are meaningless, and everything that shows them says so.
+See docs/models.md#presets.
 """
 
 from __future__ import annotations

@@ -68,6 +68,19 @@ def load_class_names(name_or_path: str | Path) -> list[str]:
     return validate_class_names([line for line in lines if line], source=str(path))
 
 
+def parse_class_names(text: str, source: str = "labels") -> list[str]:
+    """``"running, eating"`` (an option such as ``--labels``) -> checked class names."""
+    return validate_class_names(text.split(","), source=source)
+
+
+def resolve_class_names(spec: str, source: str = "classes") -> list[str]:
+    """Class names from a built-in list name (``har15``), a text file with one name per
+    line, or an inline ``a,b,c`` (``data.classes``, ``--classes``)."""
+    if "," in spec and not Path(spec).exists():
+        return parse_class_names(spec, source)
+    return load_class_names(spec)
+
+
 def validate_class_names(names: list[str], source: str = "labels") -> list[str]:
     """At least one, no blanks, no duplicates; the order is kept."""
     cleaned = [name.strip() for name in names]

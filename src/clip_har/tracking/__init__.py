@@ -1,9 +1,10 @@
 """Experiment tracking: the ``Tracker`` protocol; MLflow, W&B and fan-out; lineage.
 
 MLflow and W&B are imported only when a run starts, so importing this package is cheap.
+See docs/training.md#tracking.
 """
 
-from clip_har.tracking.base import NullTracker, Tracker, TrackingError, flatten
+from clip_har.tracking.base import NullTracker, Tracker, flatten
 from clip_har.tracking.fanout import BACKENDS, FanOutTracker, create_tracker, parse_backends
 from clip_har.tracking.lineage import run_params, run_tags, system_info
 from clip_har.tracking.mlflow_backend import MLflowTracker
@@ -15,7 +16,6 @@ __all__ = [
     "MLflowTracker",
     "NullTracker",
     "Tracker",
-    "TrackingError",
     "WandbTracker",
     "create_tracker",
     "flatten",

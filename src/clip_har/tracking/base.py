@@ -8,14 +8,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from clip_har.errors import ClipHarError
-
 Status = Literal["success", "failed"]
 ParamValue = str | int | float | bool
-
-
-class TrackingError(ClipHarError):
-    """A tracking backend failed while tracking was strict (``--strict-tracking``)."""
 
 
 class Tracker(Protocol):

@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clip_har.errors import ConfigError
-from clip_har.tracking.base import NullTracker, Status, Tracker, TrackingError
+from clip_har.config import split_commas
+from clip_har.errors import ConfigError, TrackingError
+from clip_har.tracking.base import NullTracker, Status, Tracker
 from clip_har.tracking.mlflow_backend import MLflowTracker
 from clip_har.tracking.wandb_backend import WandbTracker
 
@@ -69,9 +70,11 @@ class FanOutTracker(Tracker):
         self._each("finish", lambda t: t.finish(status))
 
 
-def parse_backends(text: str) -> list[str]:
-    """``"mlflow, wandb"`` (the ``--tracking`` / ``train.tracking`` form) -> backend names."""
-    return [name.strip() for name in text.split(",") if name.strip()]
+def parse_backends(names: str | Sequence[str]) -> list[str]:
+    """Backend names from ``train.tracking`` (a list) or a ``--tracking mlflow,wandb`` option."""
+    return (
+        split_commas(names) if isinstance(names, str) else [n.strip() for n in names if n.strip()]
+    )
 
 
 def create_tracker(

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clip_har.tracking.base import Status, Tracker, TrackingError, with_epoch
+from clip_har.errors import TrackingError
+from clip_har.tracking.base import Status, Tracker, with_epoch
 from clip_har.tracking.lineage import run_params
 
 if TYPE_CHECKING:

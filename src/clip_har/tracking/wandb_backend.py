@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from clip_har.tracking.base import Status, Tracker, TrackingError, with_epoch
+from clip_har.errors import TrackingError
+from clip_har.tracking.base import Status, Tracker, with_epoch
 from clip_har.tracking.lineage import run_params
 
 if TYPE_CHECKING:

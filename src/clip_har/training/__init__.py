@@ -1,1 +1,4 @@
-"""Training: the embedding cache, the trainer loop, head strategies and distributed runs."""
+"""Training: the embedding cache, the trainer loop, head strategies and distributed runs.
+
+See docs/training.md.
+"""

@@ -1,38 +1,7 @@
 """Distributed training under ``torchrun``: process group, sharded data, DDP and FSDP2.
 
-One process per device, started by ``torchrun``; every process runs the same script::
-
-    # one machine, 4 processes (4 GPUs with nccl, or CPU processes with gloo)
-    torchrun --nproc_per_node 4 SCRIPT.py ARGS
-
-    # two machines with 8 GPUs each, c10d rendezvous: the same command on both nodes
-    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d \
-        --rdzv_endpoint HOST0:29500 --rdzv_id RUN_ID SCRIPT.py ARGS
-
-    # or a static rendezvous: --node_rank 0 on HOST0, 1 on the other machine
-    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 \
-        --master_addr HOST0 --master_port 29500 SCRIPT.py ARGS
-
-``--nnodes`` is the number of machines, ``--node_rank`` this machine's index (static
-rendezvous only), ``--rdzv_endpoint`` a ``host:port`` every node reaches. On hosts with
-several network interfaces pick one with ``NCCL_SOCKET_IFNAME`` / ``GLOO_SOCKET_IFNAME``.
-``torchrun`` exports ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`init_distributed`
-reads them, picks ``nccl`` when CUDA is available (GPU ``LOCAL_RANK`` per process) and
-``gloo`` otherwise, and without them returns a single-process context, so the same code
-runs with and without ``torchrun``.
-
-Rank 0 alone logs, tracks and writes checkpoints (and alone reads them back on resume, so
-they need no shared filesystem); collective helpers (:func:`all_reduce_mean`,
-:func:`broadcast_object`, :func:`full_state_dict`, ...) must be called on every rank.
-:class:`EpochSampler` shards the data so that global batch ``k`` of an ``N``-process run
-holds exactly the examples of batch ``k`` of a one-process run.
-
-Models are wrapped by :func:`wrap_model`: ``ddp`` replicates the model, ``fsdp`` applies
-FSDP2's :func:`~torch.distributed.fsdp.fully_shard` to each transformer block (for Hugging
-Face CLIP vision towers ``vision_model.encoder.layers[i]``, found by
-:func:`encoder_blocks`) and then to the root. :func:`full_state_dict` consolidates a
-wrapped model into one ordinary CPU state dict on rank 0, which loads into an unwrapped
-model in a single process.
+Rank 0 alone logs, tracks and writes checkpoints; collective helpers must be called on every
+rank. Launching, sharding and wrapping: docs/training.md#distributed-training.
 """
 
 from __future__ import annotations
@@ -42,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, TypeAlias, cast, get_args
 
 import torch
 import torch.distributed as torch_dist
@@ -60,17 +29,17 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
+from clip_har.config import DistributedMode
 from clip_har.data.augment import sample_seed
-from clip_har.errors import ClipHarError
+from clip_har.errors import DistributedError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BlockSpec",
     "DistContext",
-    "DistributedError",
+    "DistributedMode",
     "EpochSampler",
-    "ParallelMode",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -85,23 +54,19 @@ __all__ = [
     "load_optimizer_state_dict",
     "local_context",
     "optimizer_state_dict",
+    "rank_zero_first",
     "unwrap",
     "wrap_model",
 ]
 
-ParallelMode: TypeAlias = Literal["none", "ddp", "fsdp"]
 # the modules FSDP shards one by one: a list, or a predicate over ``model.modules()``
 BlockSpec: TypeAlias = Sequence[nn.Module] | Callable[[nn.Module], bool]
 
 _TORCHRUN_HINT = (
     "launch the script with torchrun, e.g. `torchrun --nproc_per_node 2 SCRIPT ...` "
-    "(it sets RANK, WORLD_SIZE and LOCAL_RANK), or train with parallel mode 'none'"
+    "(it sets RANK, WORLD_SIZE and LOCAL_RANK), or train with --distributed none"
 )
 _SHUFFLE_STREAM = 2  # sample_seed stream of EpochSampler (1 is make_loader's shuffle)
-
-
-class DistributedError(ClipHarError):
-    """The distributed setup is missing or inconsistent (launcher, devices, wrapping)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +148,21 @@ def barrier(context: DistContext) -> None:
             torch_dist.barrier(device_ids=[context.device.index or 0])
         else:
             torch_dist.barrier()
+
+
+@contextmanager
+def rank_zero_first(context: DistContext) -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks together: rank 0 downloads
+    or builds what is shared (a backbone, cache entries) once and the others reuse it.
+
+    Collective: every rank must enter. If rank 0 fails inside, the others stay waiting
+    until ``torchrun`` ends the group, as it does when any process exits with an error.
+    """
+    if not context.is_main:
+        barrier(context)
+    yield
+    if context.is_main:
+        barrier(context)
 
 
 def all_reduce_sum(values: torch.Tensor, context: DistContext) -> torch.Tensor:
@@ -317,32 +297,36 @@ def _broadcast_module(model: nn.Module) -> None:
 
 def wrap_model(
     model: nn.Module,
-    mode: ParallelMode,
+    distributed: DistributedMode,
     context: DistContext,
     blocks: BlockSpec | None = None,
 ) -> nn.Module:
-    """Move ``model`` to ``context.device`` and wrap it for ``mode``.
+    """Move ``model`` to ``context.device`` and wrap it for ``distributed``.
 
     ``ddp`` returns a :class:`DistributedDataParallel`; ``fsdp`` shards ``blocks`` (a
     list of submodules or a predicate; default :func:`encoder_blocks`) one by one and
     then the root, in place, after copying rank 0's weights to every rank. Build the
     optimizer after wrapping. Parameters that get no gradient must be frozen under DDP.
     """
-    if mode not in ("none", "ddp", "fsdp"):
-        raise DistributedError(f"unknown parallel mode {mode!r}; choose none, ddp or fsdp")
+    if distributed not in get_args(DistributedMode):
+        raise DistributedError(
+            f"unknown distributed {distributed!r}; choose {', '.join(get_args(DistributedMode))}"
+        )
     if isinstance(model, (DistributedDataParallel, FSDPModule)):
         raise DistributedError(f"the model is already wrapped ({type(model).__name__})")
-    if mode == "none":
+    if distributed == "none":
         if context.world_size > 1:
             raise DistributedError(
-                f"parallel mode 'none' with {context.world_size} processes would train "
+                f"distributed 'none' with {context.world_size} processes would train "
                 "independent copies; use ddp or fsdp"
             )
         return model.to(context.device)
     if not context.distributed:
-        raise DistributedError(f"parallel mode {mode!r} needs a process group: {_TORCHRUN_HINT}")
+        raise DistributedError(
+            f"distributed {distributed!r} needs a process group: {_TORCHRUN_HINT}"
+        )
     model = model.to(context.device)
-    if mode == "ddp":
+    if distributed == "ddp":
         device_ids = [context.device.index or 0] if context.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
     sharded = _resolve_blocks(model, blocks)
@@ -386,10 +370,10 @@ def _fsdp_no_sync(model: FSDPModule) -> Iterator[None]:
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_state_dict(model: nn.Module, mode: ParallelMode) -> dict[str, torch.Tensor]:
+def full_state_dict(model: nn.Module, distributed: DistributedMode) -> dict[str, torch.Tensor]:
     """The consolidated state dict of the unwrapped module, as CPU tensors that share no
     memory with the model. Collective for ``ddp``/``fsdp``: rank 0 gets it, others ``{}``."""
-    if mode == "none":
+    if distributed == "none":
         return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
     state = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=_FULL))
     # gathered shards are new tensors, but DDP's (and a one-rank FSDP's) are the live ones
@@ -404,14 +388,14 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def load_full_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], mode: ParallelMode
+    model: nn.Module, state: dict[str, torch.Tensor], distributed: DistributedMode
 ) -> None:
     """Load a :func:`full_state_dict` (strict). Collective for ``ddp``/``fsdp``: rank 0's
     ``state`` is broadcast and sharded; the other ranks may pass ``{}``."""
-    if mode == "none":
+    if distributed == "none":
         unwrap(model).load_state_dict(state, strict=True)
         return
-    if mode == "ddp":
+    if distributed == "ddp":
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(model, dict(state), options=options)  # a copy: it is rewritten
         return
@@ -447,15 +431,18 @@ def _load_sharded(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer state keyed by parameter names, consolidated on CPU; collective for
-    ``ddp``/``fsdp`` (rank 0 gets it, others ``{}``). Loads under any mode."""
+    ``ddp``/``fsdp`` (rank 0 gets it, others ``{}``). Loads under any ``distributed``."""
     return dict(get_optimizer_state_dict(model, optimizer, options=_FULL))
 
 
 def load_optimizer_state_dict(
-    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], mode: ParallelMode
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    distributed: DistributedMode,
 ) -> None:
     """Load an :func:`optimizer_state_dict`; collective for ``ddp``/``fsdp`` (rank 0's
     ``state`` is broadcast, the other ranks may pass ``{}``)."""
-    broadcast = mode != "none"
+    broadcast = distributed != "none"
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
     set_optimizer_state_dict(model, optimizer, state, options=options)

@@ -1,22 +1,7 @@
 """The embedding cache: each image goes through the image encoder once per backbone and
 preprocessing, however many manifests, splits and training runs use it.
 
-Entries are keyed by the image's sha256 (the manifest's ``sha256`` column, computed at
-import) inside a directory keyed by the backbone fingerprint and the preprocessing
-config, so a different backbone or preprocessing finds an empty directory and recomputes::
-
-    <root>/<fingerprint hash>-<preprocessing hash>/
-        store.json                  backbone spec + fingerprint and the ImageConfig, for people
-        shard-000000.safetensors    tensor "embeddings" float32 [n, D] (L2-normalised);
-        shard-000001.safetensors    metadata "sha256": JSON list of the n image digests
-        ...
-
-A cached image is never read again (its file may even be gone). Shards are written
-atomically (temp file, fsync, link) every ``shard_size`` new embeddings, so an
-interrupted run keeps every finished shard and a rerun encodes only the rest. Shards are
-never rewritten; an unreadable one is skipped with a warning and its images are encoded
-again. The cache holds embeddings of the frozen backbone: a run that changes the
-backbone's weights in memory must not read it.
+Layout, keys and crash safety: docs/training.md#the-feature-store.
 """
 
 from __future__ import annotations
@@ -24,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as serialize
 
 from clip_har.data.datasets import ManifestDataset, make_loader
-from clip_har.data.validate import DEFAULT_MAX_PIXELS
-from clip_har.errors import ClipHarError
-from clip_har.imaging import ImageConfig, Preprocessor
+from clip_har.errors import FeatureStoreError
+from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageConfig, Preprocessor
+from clip_har.io import atomic_write, write_text_atomic
 from clip_har.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)
@@ -48,7 +31,6 @@ __all__ = [
     "SHARD_SIZE",
     "EmbedStats",
     "FeatureStore",
-    "FeatureStoreError",
     "Features",
     "default_store_root",
     "preprocessing_hash",
@@ -63,10 +45,6 @@ _HASH_CHARS = 16
 # ManifestDataset serves labelled rows only, and embedding needs no label: the rows to
 # encode all get this one placeholder class, and the labels in the batches are ignored.
 _PLACEHOLDER_CLASS = "<embedding>"
-
-
-class FeatureStoreError(ClipHarError):
-    """A manifest cannot be embedded (missing columns)."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +81,6 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:_HASH_CHARS]
 
 
-def _file_mode() -> int:
-    """Permissions of a new file under the current umask (temp files are owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 @dataclass(frozen=True)
 class _Entry:
     shard: Path
@@ -126,12 +97,14 @@ class FeatureStore:
         *,
         shard_size: int = SHARD_SIZE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int = DEFAULT_MIN_SIDE,
     ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.backbone = backbone
         self.shard_size = shard_size
         self.max_pixels = max_pixels
+        self.min_side = min_side
         # the fingerprint is hashed: it may hold '/' and ':' (hub ids, "sha256:...")
         self.directory = Path(root) / self.key
         self._index: dict[str, _Entry] = {}
@@ -212,6 +185,7 @@ class FeatureStore:
             Preprocessor(self.backbone.image_config),
             [_PLACEHOLDER_CLASS],
             max_pixels=self.max_pixels,
+            min_side=self.min_side,
         )
         loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers)
         encoder = self.backbone.image_encoder
@@ -258,26 +232,18 @@ class FeatureStore:
         logger.debug("wrote %s (%d embeddings)", target, len(keys))
 
     def _publish(self, data: bytes) -> Path:
-        handle, name = tempfile.mkstemp(prefix=".shard-", suffix=".tmp", dir=self.directory)
-        staging = Path(name)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            staging.chmod(_file_mode())
-            while True:
-                target = self.directory / f"shard-{self._next_number:06d}.safetensors"
-                self._next_number += 1
-                try:
-                    # a link is atomic like a rename but never replaces a shard that a
-                    # concurrent process published under the same number
-                    target.hardlink_to(staging)
-                except FileExistsError:
-                    continue
-                return target
-        finally:
-            staging.unlink(missing_ok=True)
+        """Write ``data`` durably under the next free shard number. The exclusive write
+        (a link, atomic like a rename) never replaces a shard that a concurrent process
+        published under the same number: that number is skipped instead."""
+        while True:
+            target = self.directory / f"shard-{self._next_number:06d}.safetensors"
+            self._next_number += 1
+            try:
+                with atomic_write(target, durable=True, exclusive=True) as staging:
+                    staging.write_bytes(data)
+            except FileExistsError:
+                continue
+            return target
 
     def _ensure_directory(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -294,15 +260,7 @@ class FeatureStore:
             },
             "image_config": self.backbone.image_config.model_dump(mode="json"),
         }
-        handle, name = tempfile.mkstemp(prefix=f".{STORE_FILE}-", dir=self.directory)
-        staging = Path(name)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(json.dumps(description, indent=2) + "\n")
-            staging.chmod(_file_mode())
-            staging.replace(info)
-        finally:
-            staging.unlink(missing_ok=True)
+        write_text_atomic(info, json.dumps(description, indent=2) + "\n")
 
     # ------------------------------------------------------------------ reading
 

@@ -1,51 +1,54 @@
 """End-to-end strategies: the image encoder itself learns, on augmented photos.
 
-``partial`` unfreezes the last ``blocks`` vision transformer blocks (plus the final norm
-and projection); ``lora`` adds peft LoRA adapters to the vision attention projections.
-Both train a zero-shot-initialised linear head with the encoder, through the shared
-:class:`~clip_har.training.trainer.Trainer` (so DDP/FSDP, AMP, checkpoints and resume all
-apply), and return the encoder tensors that changed (LoRA merged into the weights), which
-the bundle stores as ``encoder.safetensors``.
+``partial`` trains the last vision blocks, ``lora`` LoRA adapters, both through the shared
+:class:`~clip_har.training.trainer.Trainer`. See docs/training.md#fine-tuning-the-encoder.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
+from clip_har.config import TrainSettings
 from clip_har.data.augment import Augmenter
 from clip_har.data.datasets import ManifestDataset, make_loader
-from clip_har.data.validate import DEFAULT_MAX_PIXELS
 from clip_har.errors import ClipHarError
-from clip_har.imaging import Preprocessor
+from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Preprocessor
 from clip_har.models.backbone import Backbone, ImageEncoder
-from clip_har.models.bundle import EncoderDelta
+from clip_har.models.bundle import EncoderDelta, EncoderMethod
 from clip_har.models.classifier import HARClassifier
 from clip_har.models.heads import LinearHead
 from clip_har.training.distributed import DistContext, EpochSampler, local_context
-from clip_har.training.trainer import FitResult, Trainer
+from clip_har.training.trainer import TRAIN_DEFAULTS, FitResult, Trainer, from_section
 
 logger = logging.getLogger(__name__)
-
-E2E_STRATEGIES = ("lora", "partial")
-Method = Literal["partial", "lora"]
 
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    """What to unfreeze or adapt, and how the photos are fed."""
+    """What to unfreeze or adapt, and how the photos are fed (the ``train`` settings of
+    the same names; :meth:`from_settings` copies them)."""
 
-    blocks: int = 2  # partial: trailing vision blocks to train
-    lora_rank: int = 8
-    augment: str = "light"
-    workers: int = 0
+    blocks: int = TRAIN_DEFAULTS.blocks  # partial: trailing vision blocks to train
+    lora_rank: int = TRAIN_DEFAULTS.lora_rank
+    augment: str = TRAIN_DEFAULTS.augment
+    workers: int = TRAIN_DEFAULTS.workers
     max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+    @classmethod
+    def from_settings(
+        cls, train: TrainSettings, *, max_pixels: int, min_side: int
+    ) -> FinetuneOptions:
+        """The options of a run with these ``train`` settings and image guards."""
+        return from_section(cls, train, max_pixels=max_pixels, min_side=min_side)
 
 
 @dataclass
@@ -86,7 +89,7 @@ class VisionTower(nn.Module):
         return projected
 
 
-def prepare_model(backbone: Backbone, method: Method, options: FinetuneOptions) -> nn.Module:
+def prepare_model(backbone: Backbone, method: EncoderMethod, options: FinetuneOptions) -> nn.Module:
     """A copy of the backbone's vision tower with only what ``method`` trains trainable."""
     _vision_blocks(backbone.model)
     model = copy.deepcopy(VisionTower(backbone.model))
@@ -149,9 +152,9 @@ def image_accuracy(model: nn.Module, dataset: ManifestDataset, batch_size: int) 
 
 
 def finetune(
-    method: Method,
+    method: EncoderMethod,
     backbone: Backbone,
-    rows: dict[str, pd.DataFrame],
+    rows: Mapping[str, pd.DataFrame],
     class_names: list[str],
     zero_shot_weights: torch.Tensor,
     trainer: Trainer,
@@ -165,9 +168,20 @@ def finetune(
     preprocessor = Preprocessor(backbone.image_config)
     augment = Augmenter(options.augment, preprocessor.output_size, seed=config.seed)
     train_set = ManifestDataset(
-        rows["train"], preprocessor, class_names, augment=augment, max_pixels=options.max_pixels
+        rows["train"],
+        preprocessor,
+        class_names,
+        augment=augment,
+        max_pixels=options.max_pixels,
+        min_side=options.min_side,
     )
-    val_set = ManifestDataset(rows["val"], preprocessor, class_names, max_pixels=options.max_pixels)
+    val_set = ManifestDataset(
+        rows["val"],
+        preprocessor,
+        class_names,
+        max_pixels=options.max_pixels,
+        min_side=options.min_side,
+    )
     sampler = EpochSampler(
         len(train_set),
         batch_size=config.batch_size,

@@ -1,5 +1,8 @@
 """One training run, end to end: split manifest -> cached features -> strategy -> bundle,
-tracked in MLflow / W&B. ``clip-har train`` and the DVC ``train`` stage call this."""
+tracked in MLflow / W&B. ``clip-har train`` and the DVC ``train`` stage call this.
+
+See docs/training.md#a-training-run.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +17,22 @@ import torch
 from clip_har.config import Settings
 from clip_har.data.balance import class_weights
 from clip_har.data.manifest import manifest_path, read_manifest
-from clip_har.data.versioning import DataVersionError, version
-from clip_har.errors import ClipHarError
+from clip_har.data.versioning import version
+from clip_har.errors import ClipHarError, DataVersionError
 from clip_har.models.backbone import Backbone, load_backbone
-from clip_har.models.bundle import Bundle, EncoderDelta, save_bundle
+from clip_har.models.bundle import Bundle, save_bundle
 from clip_har.models.classifier import HARClassifier, TextEmbeddingCache
 from clip_har.models.prompts import load_prompt_set
 from clip_har.tracking import NullTracker, create_tracker, parse_backends, run_tags
-from clip_har.training.distributed import DistContext, barrier, local_context
+from clip_har.training.distributed import DistContext, local_context, rank_zero_first
 from clip_har.training.features import EmbedStats, FeatureStore, default_store_root
-from clip_har.training.finetune import E2E_STRATEGIES, FinetuneOptions, finetune
 from clip_har.training.strategies import (
-    FEATURE_STRATEGIES,
     FeatureData,
+    PhotoData,
+    Strategy,
+    StrategyInputs,
     StrategyResult,
-    fit_strategy,
+    get_strategy,
     zero_shot,
 )
 from clip_har.training.trainer import TrainConfig, Trainer
@@ -93,13 +97,11 @@ def feature_data(
         default_store_root(settings.cache_dir),
         backbone,
         max_pixels=settings.data.max_image_pixels,
+        min_side=settings.data.min_image_side,
     )
-    if not dist.is_main:
-        barrier(dist)
-    train_x, train_y, train_stats = _embed(store, train_rows, classes, settings, progress)
-    val_x, val_y, val_stats = _embed(store, val_rows, classes, settings, progress)
-    if dist.is_main:
-        barrier(dist)
+    with rank_zero_first(dist):
+        train_x, train_y, train_stats = _embed(store, train_rows, classes, settings, progress)
+        val_x, val_y, val_stats = _embed(store, val_rows, classes, settings, progress)
     data = FeatureData(
         train_x=train_x,
         train_y=train_y,
@@ -126,62 +128,25 @@ def _data_version(data: Path) -> str | None:
         return None
 
 
-def train_config(settings: Settings, parallel: str = "auto") -> TrainConfig:
-    """The trainer's configuration from the ``train`` settings."""
-    train = settings.train
-    return TrainConfig(
-        epochs=train.epochs,
-        batch_size=train.batch_size,
-        lr=train.lr,
-        weight_decay=train.weight_decay,
-        warmup_ratio=train.warmup_ratio,
-        grad_clip=train.grad_clip,
-        accumulation=train.accumulation,
-        precision=train.precision,
-        label_smoothing=train.label_smoothing,
-        patience=train.patience,
-        seed=train.seed,
-        parallel=parallel,  # type: ignore[arg-type]
-    )
-
-
 def _fit(
+    strategy: Strategy,
     settings: Settings,
     manifest: pd.DataFrame,
     backbone: Backbone,
     features: FeatureData,
     trainer: Trainer,
-    dist: DistContext,
-) -> tuple[StrategyResult, EncoderDelta | None]:
-    """Run the configured strategy: on cached features, or end to end on the photos."""
-    train = settings.train
-    if train.strategy not in E2E_STRATEGIES:
-        result = fit_strategy(
-            train.strategy, features, trainer, trainer.config, select_prompts=train.select_prompts
+) -> StrategyResult:
+    """Run ``strategy``: on the cached features, or end to end on the photos."""
+    photos = None
+    if strategy.end_to_end:
+        rows = {split: _split_rows(manifest, split) for split in ("train", "val")}
+        photos = PhotoData(
+            backbone,
+            rows,
+            max_pixels=settings.data.max_image_pixels,
+            min_side=settings.data.min_image_side,
         )
-        return result, None
-    options = FinetuneOptions(
-        blocks=train.blocks,
-        lora_rank=train.lora_rank,
-        augment=train.augment,
-        workers=train.workers,
-        max_pixels=settings.data.max_image_pixels,
-    )
-    rows = {split: _split_rows(manifest, split) for split in ("train", "val")}
-    tuned = finetune(
-        train.strategy,  # type: ignore[arg-type]
-        backbone,
-        rows,
-        features.class_names,
-        features.zero_shot_weights(),
-        trainer,
-        options,
-        dist=dist,
-    )
-    result = StrategyResult(
-        tuned.classifier.head, features.prompts, tuned.val_accuracy, fit=tuned.fit
-    )
-    return result, tuned.encoder
+    return strategy.fit(StrategyInputs(features, trainer, settings.train, photos))
 
 
 def run_training(
@@ -193,7 +158,6 @@ def run_training(
     overwrite: bool = False,
     progress: Progress | None = None,
     dist: DistContext | None = None,
-    parallel: str = "auto",
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> TrainOutcome:
@@ -204,23 +168,16 @@ def run_training(
     """
     train = settings.train
     dist = dist or local_context()
-    if train.strategy not in FEATURE_STRATEGIES + E2E_STRATEGIES:
-        raise ClipHarError(
-            f"unknown strategy {train.strategy!r}; "
-            f"choose one of {', '.join(FEATURE_STRATEGIES + E2E_STRATEGIES)}"
-        )
+    strategy = get_strategy(train.strategy)
     if output.exists() and not overwrite:
         raise ClipHarError(f"{output} already exists (use --force to replace it)")
-    if train.balance == "weights" and train.strategy in ("zero-shot", "tip-adapter"):
-        logger.warning("%s trains nothing: --balance weights does not apply", train.strategy)
+    if train.balance == "weights" and not strategy.weighted:
+        logger.warning("%s uses no class weights: --balance weights does not apply", train.strategy)
     manifest = read_manifest(data)
-    if not dist.is_main:  # rank 0 downloads (or builds) the backbone once, then the others
-        barrier(dist)
-    backbone = load_backbone(
-        settings.model.spec, revision=settings.model.revision, cache_dir=settings.cache_dir
-    )
-    if dist.is_main:
-        barrier(dist)
+    with rank_zero_first(dist):  # rank 0 downloads (or builds) the backbone once
+        backbone = load_backbone(
+            settings.model.spec, revision=settings.model.revision, cache_dir=settings.cache_dir
+        )
     features, stats = feature_data(settings, manifest, backbone, progress, dist)
     weights = (
         class_weights(
@@ -247,7 +204,7 @@ def run_training(
             tags=run_tags(backbone_fingerprint=backbone.fingerprint, data_version=data_version),
         )
         trainer = Trainer(
-            train_config(settings, parallel),
+            TrainConfig.from_settings(train),
             class_weights=weights,
             checkpoint_dir=checkpoint_dir,
             on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
@@ -255,7 +212,7 @@ def run_training(
             resume=resume,
         )
         baseline = zero_shot(features).val_accuracy
-        result, encoder = _fit(settings, manifest, backbone, features, trainer, dist)
+        result = _fit(strategy, settings, manifest, backbone, features, trainer)
         metrics = {
             "val_accuracy": result.val_accuracy,
             "zero_shot_val_accuracy": baseline,
@@ -273,7 +230,7 @@ def run_training(
                 prompts=result.prompts,
                 metrics=metrics,
                 lineage={"data_version": data_version, "run_id": tracker.run_id},
-                encoder=encoder,
+                encoder=result.encoder,
                 overwrite=overwrite,
             )
             tracker.log_metrics(metrics, step=trainer.config.epochs)

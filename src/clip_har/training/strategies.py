@@ -1,9 +1,7 @@
-"""Tuning strategies on cached image embeddings: each turns features into a head.
+"""Training strategies, and :data:`STRATEGIES`, their registry.
 
-All of them read L2-normalised embeddings (``training/features.py``), so no image goes
-through the encoder again. Hyper-parameters that the papers tune on held-out data
-(logistic-regression ``C``, WiSE-FT's mixing weight, Tip-Adapter's ``alpha``/``beta``,
-prompt templates) are chosen on the validation split.
+Each strategy is one :func:`register_strategy` entry; hyper-parameters are chosen on the
+validation split. See docs/training.md#strategies.
 """
 
 from __future__ import annotations
@@ -11,13 +9,20 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from clip_har.config import TrainSettings
+from clip_har.errors import ConfigError, TrainingError
+from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from clip_har.models.backbone import Backbone
+from clip_har.models.bundle import EncoderDelta, EncoderMethod
 from clip_har.models.classifier import TextEmbeddingCache, zero_shot_weights
 from clip_har.models.heads import AdapterHead, Head, LinearHead, TipAdapterHead, ZeroShotHead
 from clip_har.models.prompts import PromptSet
@@ -53,13 +58,15 @@ class FeatureData:
 
 @dataclass
 class StrategyResult:
-    """A fitted head, the prompts it was built with and what was chosen on val."""
+    """A fitted head, the prompts it was built with and what was chosen on val; end-to-end
+    strategies add the image-encoder tensors they changed (rank 0 only under torchrun)."""
 
     head: Head
     prompts: PromptSet
     val_accuracy: float
     chosen: dict[str, float] = field(default_factory=dict)
     fit: FitResult | None = None
+    encoder: EncoderDelta | None = None
 
 
 @torch.no_grad()
@@ -235,35 +242,161 @@ def _search_alpha_beta(head: TipAdapterHead, data: FeatureData) -> tuple[float, 
     return best
 
 
-FEATURE_STRATEGIES = (
+# ------------------------------------------------------------------ the registry
+
+
+@dataclass(frozen=True)
+class PhotoData:
+    """The labelled photos that end-to-end strategies train the image encoder on."""
+
+    backbone: Backbone
+    rows: Mapping[str, pd.DataFrame]  # "train" and "val": labelled manifest rows
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+
+@dataclass(frozen=True)
+class StrategyInputs:
+    """What a strategy gets: the cached features, the shared trainer (its ``config`` and
+    process context ``dist``), the run's ``train`` settings for its own options, and the
+    photos for end-to-end strategies."""
+
+    features: FeatureData
+    trainer: Trainer
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    photos: PhotoData | None = None
+
+
+StrategyFn = Callable[[StrategyInputs], StrategyResult]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its ``train.strategy`` name, a one-line summary, and how a
+    run treats it."""
+
+    name: str
+    fit: StrategyFn
+    summary: str
+    end_to_end: bool = False  # trains the image encoder on photos (needs inputs.photos)
+    weighted: bool = True  # honours ``train.balance: weights`` (class weights)
+
+
+STRATEGIES: dict[str, Strategy] = {}
+"""Every strategy by name, in registration order (the order ``--help`` lists them)."""
+
+
+def register_strategy(
+    name: str, *, summary: str, end_to_end: bool = False, weighted: bool = True
+) -> Callable[[StrategyFn], StrategyFn]:
+    """Decorator: register ``fit(inputs) -> StrategyResult`` as the strategy ``name``."""
+
+    def register(fit: StrategyFn) -> StrategyFn:
+        if name in STRATEGIES:
+            raise ValueError(f"strategy {name!r} is already registered")
+        STRATEGIES[name] = Strategy(name, fit, summary, end_to_end, weighted)
+        return fit
+
+    return register
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy ``name``; a :class:`ConfigError` naming the setting and
+    every registered name otherwise."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown strategy {name!r} (params.yaml train.strategy, or --strategy); "
+            f"choose one of: {', '.join(STRATEGIES)}"
+        ) from None
+
+
+@register_strategy(
     "zero-shot",
-    "linear-probe",
-    "zs-init-linear",
-    "clip-adapter",
-    "tip-adapter",
-    "tip-adapter-f",
+    summary="no training: class embeddings of the prompts",
+    weighted=False,
 )
+def _zero_shot(inputs: StrategyInputs) -> StrategyResult:
+    return zero_shot(inputs.features, select_prompts=inputs.settings.select_prompts)
 
 
-def fit_strategy(
-    name: str,
-    data: FeatureData,
-    trainer: Trainer,
-    config: TrainConfig,
-    *,
-    select_prompts: bool = False,
-) -> StrategyResult:
-    """Run the feature-based strategy ``name`` (one of :data:`FEATURE_STRATEGIES`)."""
-    if name == "zero-shot":
-        return zero_shot(data, select_prompts=select_prompts)
-    if name == "linear-probe":
-        return linear_probe(data, seed=config.seed, balanced=trainer.class_weights is not None)
-    if name == "zs-init-linear":
-        return zs_init_linear(data, trainer, config)
-    if name == "clip-adapter":
-        return clip_adapter(data, trainer, config)
-    if name == "tip-adapter":
-        return tip_adapter(data)
-    if name == "tip-adapter-f":
-        return tip_adapter(data, trainer, config)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(FEATURE_STRATEGIES)}")
+@register_strategy("linear-probe", summary="logistic regression on the features, C chosen on val")
+def _linear_probe(inputs: StrategyInputs) -> StrategyResult:
+    balanced = inputs.trainer.class_weights is not None
+    return linear_probe(inputs.features, seed=inputs.trainer.config.seed, balanced=balanced)
+
+
+@register_strategy(
+    "zs-init-linear", summary="a zero-shot-initialised linear head, trained, then WiSE-FT"
+)
+def _zs_init_linear(inputs: StrategyInputs) -> StrategyResult:
+    return zs_init_linear(inputs.features, inputs.trainer, inputs.trainer.config)
+
+
+@register_strategy("clip-adapter", summary="a residual bottleneck MLP on the features, trained")
+def _clip_adapter(inputs: StrategyInputs) -> StrategyResult:
+    return clip_adapter(inputs.features, inputs.trainer, inputs.trainer.config)
+
+
+@register_strategy(
+    "tip-adapter",
+    summary="a training-free cache model of the train features",
+    weighted=False,
+)
+def _tip_adapter(inputs: StrategyInputs) -> StrategyResult:
+    return tip_adapter(inputs.features)
+
+
+@register_strategy("tip-adapter-f", summary="tip-adapter with its cache keys trained")
+def _tip_adapter_f(inputs: StrategyInputs) -> StrategyResult:
+    return tip_adapter(inputs.features, inputs.trainer, inputs.trainer.config)
+
+
+def _end_to_end(method: EncoderMethod) -> StrategyFn:
+    """The strategy that fine-tunes the image encoder with ``method`` (training/finetune.py)."""
+
+    def fit(inputs: StrategyInputs) -> StrategyResult:
+        # imported here: finetune pulls in torch.distributed (1 s) and, for lora, peft
+        from clip_har.training.finetune import FinetuneOptions, finetune
+
+        if inputs.photos is None:
+            raise TrainingError(
+                f"strategy {method!r} trains the image encoder on photos: "
+                "give StrategyInputs the labelled rows (photos=PhotoData(...))"
+            )
+        tuned = finetune(
+            method,
+            inputs.photos.backbone,
+            inputs.photos.rows,
+            inputs.features.class_names,
+            inputs.features.zero_shot_weights(),
+            inputs.trainer,
+            FinetuneOptions.from_settings(
+                inputs.settings,
+                max_pixels=inputs.photos.max_pixels,
+                min_side=inputs.photos.min_side,
+            ),
+            dist=inputs.trainer.dist,
+        )
+        return StrategyResult(
+            tuned.classifier.head,
+            inputs.features.prompts,
+            tuned.val_accuracy,
+            fit=tuned.fit,
+            encoder=tuned.encoder,
+        )
+
+    return fit
+
+
+register_strategy(
+    "lora",
+    summary="LoRA adapters in the vision attention, trained end to end on photos",
+    end_to_end=True,
+)(_end_to_end("lora"))
+register_strategy(
+    "partial",
+    summary="the last train.blocks vision blocks, trained end to end on photos",
+    end_to_end=True,
+)(_end_to_end("partial"))

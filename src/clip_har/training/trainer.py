@@ -1,72 +1,36 @@
 """The training loop every gradient-based strategy uses, in one process or under ``torchrun``.
 
-``Trainer(config).fit(model, train_loader, validate)`` trains ``model`` (inputs -> logits)
-with cross-entropy (label smoothing, optional class weights) and returns the best epoch's
-weights by a validation metric (higher is better)::
-
-    loader = feature_loader(x, y, batch_size=config.batch_size, seed=config.seed, dist=ctx)
-    result = Trainer(config, dist=ctx, checkpoint_dir=run_dir).fit(
-        head, loader, lambda m: {"val_accuracy": accuracy(m, val_x, val_y)}, resume=True
-    )
-
-- **Optimisation**: AdamW; norms, biases, every 1-D parameter, position/class embeddings
-  and the logit scale get no weight decay. The learning rate warms up linearly for
-  ``warmup_ratio`` of the optimizer steps, then follows a cosine to zero; it moves once
-  per optimizer step. Gradients are accumulated over ``accumulation`` batches (the last
-  group of an epoch may be shorter) and clipped to ``grad_clip`` (global L2 norm).
-- **Loss scale**: each optimizer step follows the mean loss over every example of the
-  step on every rank (class-weighted like ``CrossEntropyLoss(reduction="mean")``), so a
-  run on ``N`` processes follows the same trajectory as one process with the same global
-  batch. A balanced sampler is the caller's choice of ``train`` loader.
-- **Precision**: ``fp32``; ``bf16`` autocast (CPU and GPU); ``fp16`` autocast with a
-  gradient scaler (CUDA only).
-- **Validation**: ``validate(module)`` runs after every epoch on every rank, on the
-  unwrapped module in eval mode under ``no_grad``; rank 0's metrics are broadcast so every
-  rank takes the same early-stopping decision. Under FSDP every rank must make the same
-  forward calls (e.g. each evaluates the whole validation set). ``on_epoch`` (tracking)
-  runs on rank 0 only.
-- **Checkpoints** (``checkpoint_dir/checkpoint.pt``, written by rank 0 to a temporary
-  file and renamed, after every epoch): the consolidated model and optimizer state (keyed
-  by parameter name, so they load under any parallel mode or world size), scheduler,
-  gradient scaler, every rank's RNG states (torch, CUDA, numpy, python, the loader's and
-  sampler's generators), the next epoch (what ``set_epoch`` receives), global step, best
-  metric/epoch/state, epochs without improvement, history, and the config.
-- **Resume** (``fit(..., resume=True)``): rank 0 reads the checkpoint and broadcasts it;
-  training continues at the next epoch with every state restored, so an interrupted run
-  ends with the same weights as an uninterrupted one. A finished or early-stopped run
-  returns at once; a missing checkpoint starts from scratch.
-
-Before each epoch the trainer calls ``set_epoch(epoch)`` on the loader's sampler, batch
-sampler and dataset when they have one. On return the model holds the best epoch's weights.
+``Trainer(config).fit(model, train_loader, validate)`` returns the best epoch's weights by a
+validation metric. Optimisation, checkpoints and resume: docs/training.md#the-trainer.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
-from clip_har.errors import ClipHarError
+from clip_har.config import DistributedMode, Precision, TrainSettings
+from clip_har.errors import TrainingError
+from clip_har.io import atomic_write
 from clip_har.training.distributed import (
     BlockSpec,
     DistContext,
     EpochSampler,
-    ParallelMode,
     all_reduce_sum,
     broadcast_object,
     full_state_dict,
@@ -80,16 +44,20 @@ from clip_har.training.distributed import (
     wrap_model,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "TRAIN_DEFAULTS",
     "FitResult",
     "TrainConfig",
     "Trainer",
-    "TrainingError",
     "WarmupCosine",
     "feature_loader",
+    "from_section",
     "parameter_groups",
     "seed_everything",
 ]
@@ -108,66 +76,62 @@ _NO_DECAY_NAMES = (
 _HEAVY_KEYS = ("model", "optimizer", "best_state")  # read by rank 0 only, never broadcast
 
 
-class TrainingError(ClipHarError):
-    """Training cannot start or continue with these settings, data or checkpoint."""
+TRAIN_DEFAULTS = TrainSettings()  # one default per setting: the ``train`` section's
+
+RuntimeConfig = TypeVar("RuntimeConfig", bound="DataclassInstance")
+
+
+def from_section(cls: type[RuntimeConfig], section: BaseModel, **given: Any) -> RuntimeConfig:
+    """A runtime config (a dataclass) whose fields not in ``given`` are read from the
+    pydantic settings ``section`` by the same name, so no value is copied by hand."""
+    names = [item.name for item in fields(cls) if item.name not in given]
+    return cls(**{name: getattr(section, name) for name in names}, **given)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one run. ``batch_size`` is the global batch per forward step
-    (each of ``N`` ranks loads about ``batch_size / N``); ``parallel`` ``auto`` is DDP under
-    ``torchrun`` with several processes and ``none`` otherwise."""
+    """The trainer's hyper-parameters: the names, defaults and limits of the ``train``
+    settings (:class:`~clip_har.config.TrainSettings`), which :meth:`from_settings` copies.
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    grad_clip: float | None = 1.0
-    accumulation: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    label_smoothing: float = 0.0
-    patience: int | None = None
-    seed: int = 0
-    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    ``batch_size`` is the global batch per forward step (each of ``N`` ranks loads about
+    ``batch_size / N``); ``distributed`` ``auto`` is DDP under ``torchrun`` with several
+    processes and ``none`` otherwise.
+    """
+
+    epochs: int = TRAIN_DEFAULTS.epochs
+    batch_size: int = TRAIN_DEFAULTS.batch_size
+    lr: float = TRAIN_DEFAULTS.lr
+    weight_decay: float = TRAIN_DEFAULTS.weight_decay
+    warmup_ratio: float = TRAIN_DEFAULTS.warmup_ratio
+    grad_clip: float | None = TRAIN_DEFAULTS.grad_clip
+    accumulation: int = TRAIN_DEFAULTS.accumulation
+    precision: Precision = TRAIN_DEFAULTS.precision
+    label_smoothing: float = TRAIN_DEFAULTS.label_smoothing
+    patience: int | None = TRAIN_DEFAULTS.patience
+    seed: int = TRAIN_DEFAULTS.seed
+    distributed: DistributedMode | Literal["auto"] = "auto"
+
+    @classmethod
+    def from_settings(cls, train: TrainSettings) -> TrainConfig:
+        """The config of a run with these ``train`` settings (each field by its name)."""
+        return from_section(cls, train)
 
     def __post_init__(self) -> None:
-        problems = [
-            message
-            for failed, message in (
-                (self.epochs < 1, f"epochs must be >= 1 (got {self.epochs})"),
-                (self.batch_size < 1, f"batch_size must be >= 1 (got {self.batch_size})"),
-                (not self.lr > 0, f"lr must be > 0 (got {self.lr})"),
-                (self.weight_decay < 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
-                (
-                    not 0 <= self.warmup_ratio < 1,
-                    f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})",
-                ),
-                (
-                    self.grad_clip is not None and not self.grad_clip > 0,
-                    f"grad_clip must be > 0 or None (got {self.grad_clip})",
-                ),
-                (self.accumulation < 1, f"accumulation must be >= 1 (got {self.accumulation})"),
-                (
-                    self.precision not in ("fp32", "bf16", "fp16"),
-                    f"precision must be fp32, bf16 or fp16 (got {self.precision!r})",
-                ),
-                (
-                    not 0 <= self.label_smoothing < 1,
-                    f"label_smoothing must be in [0, 1) (got {self.label_smoothing})",
-                ),
-                (
-                    self.patience is not None and self.patience < 1,
-                    f"patience must be >= 1 or None (got {self.patience})",
-                ),
-                (self.seed < 0, f"seed must be >= 0 (got {self.seed})"),
-                (
-                    self.parallel not in ("auto", "none", "ddp", "fsdp"),
-                    f"parallel must be auto, none, ddp or fsdp (got {self.parallel!r})",
-                ),
-            )
-            if failed
-        ]
+        """Check every value against the ``train`` settings' limits (one set of rules)."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        distributed = values.pop("distributed")
+        problems = []
+        try:
+            TrainSettings.model_validate(values, strict=True)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(map(str, error['loc']))} {error['msg'][:1].lower()}"
+                f"{error['msg'][1:]} (got {error['input']!r})"
+                for error in exc.errors()
+            ]
+        choices = ("auto", *get_args(DistributedMode))
+        if distributed not in choices:
+            problems.append(f"distributed must be {', '.join(choices)} (got {distributed!r})")
         if problems:
             raise TrainingError("invalid training settings: " + "; ".join(problems))
 
@@ -319,8 +283,8 @@ class _Run:
 class _Parts:
     """What one fit trains with."""
 
-    model: nn.Module  # wrapped for the parallel mode
-    mode: ParallelMode
+    model: nn.Module  # wrapped for ``distributed``
+    distributed: DistributedMode
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
     scaler: torch.amp.GradScaler
@@ -329,7 +293,7 @@ class _Parts:
 
 
 class Trainer:
-    """Runs :meth:`fit`; see the module docstring for what it does and saves.
+    """Runs :meth:`fit`; what it does and saves: docs/training.md#the-trainer.
 
     ``blocks`` selects the modules FSDP shards one by one (default: Hugging Face encoder
     layers). ``on_epoch(epoch, record)`` gets each history record on rank 0. Under
@@ -367,11 +331,12 @@ class Trainer:
         self.blocks = blocks
 
     @property
-    def mode(self) -> ParallelMode:
-        """The parallel mode ``config.parallel`` resolves to in this process."""
-        if self.config.parallel == "auto":
+    def distributed(self) -> DistributedMode:
+        """What ``config.distributed`` resolves to in this process (``auto``: DDP with
+        several processes, else ``none``)."""
+        if self.config.distributed == "auto":
             return "ddp" if self.dist.world_size > 1 else "none"
-        return self.config.parallel
+        return self.config.distributed
 
     def _info(self, message: str, *args: object) -> None:
         if self.dist.is_main:
@@ -413,7 +378,7 @@ class Trainer:
         # confident heads (Tip-Adapter's cache, large logit scales) produce denormal
         # gradients, which make CPU matmuls ~15x slower; flushing them changes nothing else
         torch.set_flush_denormal(True)
-        wrapped = wrap_model(model, self.mode, self.dist, self.blocks)
+        wrapped = wrap_model(model, self.distributed, self.dist, self.blocks)
         optimizer = torch.optim.AdamW(
             parameter_groups(wrapped, config.weight_decay),
             lr=config.lr,
@@ -423,7 +388,7 @@ class Trainer:
         schedule = WarmupCosine(round(config.warmup_ratio * steps), steps)
         parts = _Parts(
             model=wrapped,
-            mode=self.mode,
+            distributed=self.distributed,
             optimizer=optimizer,
             scheduler=LambdaLR(optimizer, schedule),
             scaler=torch.amp.GradScaler(self.dist.device.type, enabled=config.precision == "fp16"),
@@ -439,7 +404,7 @@ class Trainer:
             batches,
             steps,
             config.precision,
-            parts.mode,
+            parts.distributed,
             self.dist.world_size,
         )
         run = (self._restore(parts) if resume else None) or _Run()
@@ -455,7 +420,7 @@ class Trainer:
                 )
                 break
         if run.best_epoch != len(run.history) - 1:
-            load_full_state_dict(wrapped, run.best_state, parts.mode)
+            load_full_state_dict(wrapped, run.best_state, parts.distributed)
         self._info("best %s %.4f at epoch %d", metric, run.best_metric, run.best_epoch + 1)
         return FitResult(
             best_state=run.best_state,
@@ -498,7 +463,7 @@ class Trainer:
         )
         if improved:
             run.best_metric, run.best_epoch, run.bad_epochs = value, epoch, 0
-            run.best_state = full_state_dict(parts.model, parts.mode)
+            run.best_state = full_state_dict(parts.model, parts.distributed)
         else:
             run.bad_epochs += 1
         patience = self.config.patience
@@ -628,7 +593,9 @@ class Trainer:
 
     def _save(self, parts: _Parts, run: _Run, improved: bool) -> None:
         """Write the checkpoint (collective: every rank contributes its state)."""
-        model_state = run.best_state if improved else full_state_dict(parts.model, parts.mode)
+        model_state = (
+            run.best_state if improved else full_state_dict(parts.model, parts.distributed)
+        )
         optimizer_state = optimizer_state_dict(parts.model, parts.optimizer)
         rng = gather_objects(_rng_state(parts.train, self.dist.device), self.dist)
         if not self.dist.is_main:
@@ -651,7 +618,8 @@ class Trainer:
             "config": asdict(self.config),
             "world_size": self.dist.world_size,
         }
-        _atomic_save(payload, self._checkpoint_path())
+        with atomic_write(self._checkpoint_path(), durable=True) as staging:
+            torch.save(payload, staging)
 
     def _restore(self, parts: _Parts) -> _Run | None:
         """Load the checkpoint into the model, optimizer, scheduler, scaler and RNGs
@@ -675,16 +643,17 @@ class Trainer:
         changed = sorted(
             k
             for k, v in asdict(self.config).items()
-            if k != "parallel" and meta["config"].get(k) != v  # the mode does not change the math
+            # how the run is spread over processes does not change the math
+            if k != "distributed" and meta["config"].get(k) != v
         )
         if changed:
             self._warning(
                 "resuming with changed settings (%s): not an exact continuation", ", ".join(changed)
             )
         heavy = payload or {}
-        load_full_state_dict(parts.model, heavy.get("model", {}), parts.mode)
+        load_full_state_dict(parts.model, heavy.get("model", {}), parts.distributed)
         load_optimizer_state_dict(
-            parts.model, parts.optimizer, heavy.get("optimizer", {}), parts.mode
+            parts.model, parts.optimizer, heavy.get("optimizer", {}), parts.distributed
         )
         parts.scheduler.load_state_dict(meta["scheduler"])
         if parts.scaler.is_enabled() and meta["scaler"]:
@@ -786,18 +755,3 @@ def _set_rng_state(state: dict[str, Any], train: DataLoader[Any], device: torch.
     for name, generator in _generators(train).items():
         if name in saved:
             generator.set_state(saved[name])
-
-
-def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, flushed, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

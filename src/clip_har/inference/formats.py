@@ -1,0 +1,198 @@
+"""The format registry: one :class:`FormatSpec` per exported artifact format.
+
+Torch-free: importing this module loads no runtime, so the CLI can build its help from it.
+See docs/inference.md#the-format-registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from clip_har.devices import parse_device
+from clip_har.errors import ClipHarError
+from clip_har.inference.signature import IMAGE_SIGNATURE, TEXT_SIGNATURE, Signature
+
+Precision = Literal["fp32", "fp16", "int8"]
+Runtime = Literal["onnxruntime", "torchscript", "tensorrt"]
+
+REFERENCE_FORMAT = "torch"  # the bundle's own classifier, run eagerly: not an export
+TEXT_FORMAT = "text-onnx"  # the exported text encoder behind open-vocabulary ONNX engines
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class Engine(Protocol):
+    """Anything that turns a batch of pixels into class probabilities."""
+
+    format: str
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Runtime settings shared by every engine."""
+
+    threads: int | None = None  # intra-op threads; None = the runtime's default (all cores)
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    force: bool = False  # accept exports that failed (or never ran) their parity gate
+    # ONNX Runtime providers in priority order, e.g. ("TensorrtExecutionProvider",
+    # "CUDAExecutionProvider", "CPUExecutionProvider"); empty = chosen from ``device``
+    providers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ClipHarError(f"threads must be at least 1, got {self.threads}")
+        parse_device(self.device)  # raises UsageError naming the accepted devices
+
+
+# (artifact file, format name, options) -> engine; export's parity gate uses it too
+ArtifactFactory = Callable[[Path, str, EngineOptions], Engine]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Something a format needs beyond the CPU install, and how to tell whether it is here:
+    ``missing(purpose)`` is ``None`` when present, else a sentence naming what is missing
+    (``purpose`` is ``"export"`` or ``"inference"``)."""
+
+    name: str
+    missing: Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """One exported artifact format."""
+
+    name: str
+    file: str  # written to the bundle's exports/ folder
+    # what it can be built in, the default first; the recorded one picks the parity gate
+    precisions: tuple[Precision, ...]
+    runtime: Runtime
+    signature: Signature = IMAGE_SIGNATURE
+    engine: ArtifactFactory | None = None  # None: not an image engine (the text encoder)
+    companions: tuple[str, ...] = ()  # further files the exporter writes next to ``file``
+    requires: tuple[Requirement, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == REFERENCE_FORMAT or not self.precisions:
+            raise ClipHarError(f"invalid format spec: {self}")
+
+    @property
+    def is_image(self) -> bool:
+        """Runs as an engine over pixels (``predict``, ``evaluate``, ``benchmark``)."""
+        return self.engine is not None
+
+    def unavailable_reason(self, purpose: str = "inference") -> str | None:
+        """Why this machine cannot export or run the format, or ``None`` when it can."""
+        reasons = [reason for need in self.requires if (reason := need.missing(purpose))]
+        return "; ".join(reasons) or None
+
+
+_FORMATS: dict[str, FormatSpec] = {}
+
+
+def register_format(spec: FormatSpec) -> FormatSpec:
+    """Add ``spec`` to the registry; names and files must be new."""
+    if spec.name in _FORMATS:
+        raise ClipHarError(f"format '{spec.name}' is already registered")
+    taken = {name for other in _FORMATS.values() for name in (other.file, *other.companions)}
+    clash = sorted(taken & {spec.file, *spec.companions})
+    if clash:
+        raise ClipHarError(f"format '{spec.name}': file(s) {', '.join(clash)} already taken")
+    _FORMATS[spec.name] = spec
+    return spec
+
+
+def registered_formats() -> tuple[FormatSpec, ...]:
+    """Every registered format, in registration order."""
+    return tuple(_FORMATS.values())
+
+
+def format_names() -> tuple[str, ...]:
+    """The names ``clip-har export --formats`` accepts."""
+    return tuple(_FORMATS)
+
+
+def engine_formats() -> tuple[str, ...]:
+    """The names ``predict``, ``evaluate`` and ``benchmark`` accept: torch + image exports."""
+    return (REFERENCE_FORMAT, *(spec.name for spec in _FORMATS.values() if spec.is_image))
+
+
+def get_format(name: str) -> FormatSpec:
+    """The spec of ``name``; an unknown name lists the registered ones."""
+    spec = _FORMATS.get(name)
+    if spec is None:
+        raise ClipHarError(f"unknown format '{name}' (registered: {', '.join(_FORMATS)})")
+    return spec
+
+
+# --- the built-in formats ----------------------------------------------------------------
+# Engine factories import their runtime only when called.
+
+
+def _onnx_engine(path: Path, format: str, options: EngineOptions) -> Engine:
+    from clip_har.inference.onnx_engine import OnnxEngine
+
+    return OnnxEngine(
+        path, format, threads=options.threads, device=options.device, providers=options.providers
+    )
+
+
+def _torchscript_engine(path: Path, format: str, options: EngineOptions) -> Engine:
+    from clip_har.inference.torchscript_engine import TorchScriptEngine
+
+    return TorchScriptEngine(path, threads=options.threads, device=options.device)
+
+
+def _tensorrt_engine(path: Path, format: str, options: EngineOptions) -> Engine:
+    from clip_har.inference.tensorrt_engine import TensorRTEngine
+
+    return TensorRTEngine(path, device=parse_device(options.device).cuda_index)
+
+
+def _tensorrt_missing(purpose: str) -> str | None:
+    from clip_har.inference.tensorrt_engine import tensorrt_unavailable_reason
+
+    return tensorrt_unavailable_reason(purpose)
+
+
+CUDA_TENSORRT = Requirement("CUDA + TensorRT", _tensorrt_missing)
+
+for _spec in (
+    FormatSpec("onnx", "model.onnx", ("fp32",), "onnxruntime", engine=_onnx_engine),
+    FormatSpec("onnx-opt", "model.opt.onnx", ("fp32",), "onnxruntime", engine=_onnx_engine),
+    FormatSpec("onnx-int8", "model.int8.onnx", ("int8",), "onnxruntime", engine=_onnx_engine),
+    FormatSpec(
+        "onnx-int8-static",
+        "model.int8-static.onnx",
+        ("int8",),
+        "onnxruntime",
+        engine=_onnx_engine,
+    ),
+    FormatSpec("onnx-fp16", "model.fp16.onnx", ("fp16",), "onnxruntime", engine=_onnx_engine),
+    FormatSpec(
+        "torchscript", "model.torchscript.pt", ("fp32",), "torchscript", engine=_torchscript_engine
+    ),
+    FormatSpec(
+        "tensorrt",
+        "model.plan",
+        ("fp16", "int8"),
+        "tensorrt",
+        engine=_tensorrt_engine,
+        requires=(CUDA_TENSORRT,),
+    ),
+    FormatSpec(
+        TEXT_FORMAT,
+        "text_encoder.onnx",
+        ("fp32",),
+        "onnxruntime",
+        signature=TEXT_SIGNATURE,
+        companions=(TOKENIZER_FILE,),
+    ),
+):
+    register_format(_spec)

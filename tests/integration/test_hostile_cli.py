@@ -1,0 +1,701 @@
+"""Every ``clip-har`` command fed hostile arguments and inputs: each must answer with a clear
+message, a non-zero exit code from the documented scheme and no traceback on either stream.
+
+The commands and their options are read from the live Typer app, so a new command or a
+renamed option is covered (or reported as uncovered) without editing a hand-kept list.
+Commands run in-process through ``CliRunner``, which still catches an escaping exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_photo, run_cli
+from typer.main import get_command
+from typer.testing import CliRunner, Result
+
+from clip_har.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from clip_har.cli.main import app
+
+pytestmark = pytest.mark.integration
+
+ROOT = get_command(app)
+BUG_MARKER = "this is a bug in clip-har"  # what the handler prints for an unforeseen exception
+
+
+def _walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    """(name, command) for every runnable command: leaves and groups that run on their own."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands is None:
+        yield " ".join(path), command
+        return
+    if path and command.invoke_without_command:
+        yield " ".join(path), command
+    for name, sub in sorted(subcommands.items()):
+        yield from _walk(sub, (*path, name))
+
+
+COMMANDS: dict[str, Any] = dict(_walk(ROOT, ()))
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+@dataclass(frozen=True)
+class World:
+    """Hostile (and a few sound) inputs, made once for the module."""
+
+    root: Path
+    bundle: Path  # sound
+    corrupt_manifest: Path  # manifest.json is not JSON
+    headless: Path  # head file deleted
+    truncated: Path  # exports/model.onnx cut in half
+    manifest: Path  # a sound imported manifest folder (labels running, sitting)
+    corrupt_parquet: Path  # a folder whose manifest.parquet is garbage
+    photos: Path  # class sub-folders running/ and sitting/
+    file: Path  # a plain text file, where folders are expected
+    folder: Path  # an empty folder, where files are expected
+    csv_folder: Path  # a folder named like an output file: x.csv/
+    missing: Path  # does not exist
+    bad_model: Path  # a save_pretrained model whose preprocessor_config.json is unusable
+    garbled_model: Path  # a save_pretrained model whose config.json is not JSON
+    params: dict[str, Path]  # broken params files by what is wrong with them
+
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def invoke(*args: str | Path) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("hostile")
+
+    def bundle_copy(name: str) -> Path:
+        return Path(shutil.copytree(tiny_bundle, root / name))
+
+    corrupt_manifest = bundle_copy("corrupt-manifest")
+    (corrupt_manifest / "manifest.json").write_text('{"schema_version": 1, "name": ')
+    headless = bundle_copy("headless")
+    head = json.loads((headless / "manifest.json").read_text())["head"]["file"]
+    (headless / head).unlink()
+    truncated = root / "truncated"
+    exported = invoke("export", tiny_bundle, "-o", truncated, "--formats", "onnx")
+    assert exported.exit_code == 0, exported.output
+    onnx = truncated / "exports" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+
+    photos = root / "photos"
+    for offset, label in enumerate(("running", "sitting")):  # two of the bundle's classes
+        (photos / label).mkdir(parents=True)
+        for index in range(3):
+            make_photo(photos / label / f"{index}.jpg", seed=index + 10 * offset)
+    manifest = root / "manifest"
+    imported = invoke("data", "import", photos, "-o", manifest)
+    assert imported.exit_code == 0, imported.output
+    corrupt_parquet = root / "corrupt-parquet"
+    corrupt_parquet.mkdir()
+    (corrupt_parquet / "manifest.parquet").write_bytes(b"PAR1 this is not parquet")
+
+    bad_model = root / "bad-model"
+    tiny_backbone.model.save_pretrained(bad_model)
+    tiny_backbone.tokenizer.save_pretrained(bad_model)
+    preprocessing = tiny_backbone.image_config.to_hf() | {"image_std": [0.5, 0.0, 0.5]}
+    (bad_model / "preprocessor_config.json").write_text(json.dumps(preprocessing))
+    garbled_model = Path(shutil.copytree(bad_model, root / "garbled-model"))
+    (garbled_model / "config.json").write_text('{"model_type": "clip", ')
+    (garbled_model / "preprocessor_config.json").write_text(
+        json.dumps(tiny_backbone.image_config.to_hf())
+    )
+
+    text_file = root / "notes.txt"
+    text_file.write_text("not what you think\n")
+    empty = root / "empty-folder"
+    empty.mkdir()
+    (root / "x.csv").mkdir()
+    params_dir = root / "params"
+    params_dir.mkdir()
+    params = {
+        "unknown key": "predict:\n  topk: 3\n",
+        "wrong type": "predict:\n  top_k: many\n",
+        "invalid YAML": "predict: [top_k: 3\n",
+        "a YAML list": "- predict\n- train\n",
+        "not UTF-8": b"predict:\n  top_k: \xff\xfe\n",
+    }
+    params_files = {}
+    for index, (what, content) in enumerate(params.items()):
+        path = params_dir / f"params-{index}.yaml"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        params_files[what] = path
+    return World(
+        root=root,
+        bundle=tiny_bundle,
+        corrupt_manifest=corrupt_manifest,
+        headless=headless,
+        truncated=truncated,
+        manifest=manifest,
+        corrupt_parquet=corrupt_parquet,
+        photos=photos,
+        file=text_file,
+        folder=empty,
+        csv_folder=root / "x.csv",
+        missing=root / "does-not-exist",
+        bad_model=bad_model,
+        garbled_model=garbled_model,
+        params=params_files,
+    )
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def _flat(text: str) -> str:
+    """Output without panel borders and line breaks, so wrapped messages still match."""
+    return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
+
+
+def check_clean_failure(result: Result, code: int, *mentions: str) -> None:
+    """A message naming ``mentions``, exit ``code``, no traceback and no unforeseen error."""
+    output = result.stdout + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{type(result.exception).__name__} escaped: {result.exception}\n{output}"
+    )
+    assert "Traceback" not in output, output
+    assert BUG_MARKER not in output, output
+    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}:\n{output}"
+    flat = _flat(output)
+    for text in mentions:
+        assert _flat(text) in flat, f"{text!r} not in:\n{output}"
+
+
+# --------------------------------------------------------------------------- per-command cases
+
+
+Args = Callable[[World], list[str | Path]]
+Mentions = Callable[[World], list[str | Path]]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    args: Args  # after the command's own words
+    mentions: Mentions = lambda w: []
+    code: int = EXIT_FAILURE
+
+
+def _nothing(w: World) -> list[str | Path]:
+    return []
+
+
+def _bundle_cases(before: Args = _nothing, after: Args = _nothing) -> list[Case]:
+    """A bundle given between ``before`` and ``after``: missing, a file, a corrupt
+    manifest.json, a deleted head file."""
+    return [
+        Case("missing bundle", lambda w: [*before(w), w.missing, *after(w)], lambda w: [w.missing]),
+        Case("bundle is a file", lambda w: [*before(w), w.file, *after(w)], lambda w: [w.file]),
+        Case(
+            "corrupt manifest.json",
+            lambda w: [*before(w), w.corrupt_manifest, *after(w)],
+            lambda w: [w.corrupt_manifest / "manifest.json", "not valid JSON"],
+        ),
+        Case(
+            "head file deleted",
+            lambda w: [*before(w), w.headless, *after(w)],
+            lambda w: ["head", "missing"],
+        ),
+    ]
+
+
+def _manifest_cases(before: Args = _nothing, after: Args = _nothing) -> list[Case]:
+    """A manifest folder given between ``before`` and ``after``: missing, a text file, a
+    garbage manifest.parquet."""
+    return [
+        Case(
+            "missing manifest", lambda w: [*before(w), w.missing, *after(w)], lambda w: [w.missing]
+        ),
+        Case(
+            "manifest is a text file",
+            lambda w: [*before(w), w.file, *after(w)],
+            lambda w: [w.file],
+        ),
+        Case(
+            "corrupt manifest.parquet",
+            lambda w: [*before(w), w.corrupt_parquet, *after(w)],
+            lambda w: [w.corrupt_parquet],
+        ),
+    ]
+
+
+def _out(w: World, name: str) -> Path:
+    return w.root / "out" / name
+
+
+CASES: dict[str, list[Case]] = {
+    "predict": [
+        Case(
+            "missing image",
+            lambda w: [w.missing / "x.jpg", "-b", w.bundle],
+            lambda w: ["no input images found"],
+        ),
+        *_bundle_cases(lambda w: [w.photos, "-b"]),
+        Case(
+            "truncated export",
+            lambda w: [w.photos, "-b", w.truncated, "--format", "onnx"],
+            lambda w: ["model.onnx", "truncated"],
+        ),
+        Case(
+            "export the bundle lacks",
+            lambda w: [w.photos, "-b", w.bundle, "--format", "onnx"],
+            lambda w: ["no 'onnx' export"],
+        ),
+        Case(
+            "unusable preprocessor config",
+            lambda w: [w.photos, "--model", w.bad_model, "--labels", "a,b"],
+            lambda w: [w.bad_model / "preprocessor_config.json", "image_std"],
+        ),
+        Case(
+            "--bundle and --model together",
+            lambda w: [w.photos, "-b", w.bundle, "--model", "tiny"],
+            lambda w: ["--bundle", "--model"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "-o is a folder",
+            lambda w: [w.photos, "-b", w.bundle, "-o", w.folder],
+            lambda w: [w.folder],
+        ),
+        Case(
+            "-o x.csv is a folder",
+            lambda w: [w.photos, "-b", w.bundle, "-o", w.csv_folder],
+            lambda w: [w.csv_folder, "folder"],
+        ),
+        Case(
+            "-o has an unknown type",
+            lambda w: [w.photos, "-b", w.bundle, "-o", _out(w, "predictions.txt")],
+            lambda w: ["predictions.txt"],
+        ),
+    ],
+    "export": [
+        *_bundle_cases(after=lambda w: ["-o", _out(w, "export")]),
+        Case(
+            "unknown format",
+            lambda w: [w.bundle, "-o", _out(w, "export"), "--formats", "nope"],
+            lambda w: ["nope"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "missing --parity-data",
+            lambda w: [w.bundle, "-o", _out(w, "export"), "--parity-data", w.missing],
+            lambda w: [w.missing],
+        ),
+        Case(
+            "-o is a file",
+            lambda w: [w.bundle, "-o", w.file, "--formats", "onnx"],
+            lambda w: [w.file],
+        ),
+    ],
+    "benchmark": [
+        *_bundle_cases(),
+        Case(
+            "truncated export",
+            lambda w: [w.truncated, "--formats", "onnx", "--batch-sizes", "1"],
+            lambda w: ["model.onnx", "truncated"],
+        ),
+        Case(
+            "batch size 0",
+            lambda w: [w.bundle, "--batch-sizes", "0"],
+            lambda w: ["batch sizes"],
+        ),
+        Case(
+            "batch sizes not numbers",
+            lambda w: [w.bundle, "--batch-sizes", "one,two"],
+            lambda w: ["one,two"],
+        ),
+        Case("missing --data", lambda w: [w.bundle, "--data", w.missing], lambda w: [w.missing]),
+    ],
+    "bundle create": [
+        Case(
+            "-o is a file",
+            lambda w: ["-o", w.file, "--model", "tiny"],
+            lambda w: [w.file, "already exists"],
+        ),
+        Case(
+            "missing classes file",
+            lambda w: ["-o", _out(w, "b1"), "--model", "tiny", "--classes", w.missing],
+            lambda w: [w.missing],
+        ),
+        Case(
+            "classes is a folder",
+            lambda w: ["-o", _out(w, "b2"), "--model", "tiny", "--classes", w.folder],
+            lambda w: [w.folder],
+        ),
+        Case(
+            "missing prompts file",
+            lambda w: ["-o", _out(w, "b3"), "--model", "tiny", "--prompts", w.missing / "p.yaml"],
+            lambda w: ["p.yaml"],
+        ),
+        Case(
+            "missing model folder",
+            lambda w: ["-o", _out(w, "b4"), "--model", w.missing],
+            lambda w: [w.missing],
+        ),
+        Case(
+            "model folder is empty",
+            lambda w: ["-o", _out(w, "b5"), "--model", w.folder],
+            lambda w: [w.folder, "config.json"],
+        ),
+        Case(
+            "unusable preprocessor config",
+            lambda w: ["-o", _out(w, "b6"), "--model", w.bad_model],
+            lambda w: [w.bad_model / "preprocessor_config.json", "image_std"],
+        ),
+        Case(
+            "config.json is not JSON",
+            lambda w: ["-o", _out(w, "b7"), "--model", w.garbled_model],
+            lambda w: [w.garbled_model, "cannot load the model"],
+        ),
+    ],
+    "bundle show": _bundle_cases(),
+    "data import": [
+        Case("missing source", lambda w: [w.missing, "-o", _out(w, "i1")], lambda w: [w.missing]),
+        Case(
+            "source is an unknown file",
+            lambda w: [w.file, "-o", _out(w, "i2")],
+            lambda w: [w.file],
+        ),
+        Case("empty folder", lambda w: [w.folder, "-o", _out(w, "i3")], lambda w: [w.folder]),
+        Case("-o is a file", lambda w: [w.photos, "-o", w.file], lambda w: [w.file]),
+    ],
+    "data validate": [
+        *_manifest_cases(after=lambda w: ["-o", _out(w, "v1")]),
+        Case("-o is a file", lambda w: [w.manifest, "-o", w.file], lambda w: [w.file]),
+        Case(
+            "missing classes file",
+            lambda w: [w.manifest, "-o", _out(w, "v2"), "--classes", w.missing],
+            lambda w: [w.missing],
+        ),
+    ],
+    "data split": [
+        *_manifest_cases(after=lambda w: ["-o", _out(w, "s1")]),
+        Case("-o is a file", lambda w: [w.manifest, "-o", w.file], lambda w: [w.file]),
+        Case(
+            "ratios not numbers",
+            lambda w: [w.manifest, "-o", _out(w, "s2"), "--ratios", "a,b,c"],
+            lambda w: ["ratios"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "ratios not summing to 1",
+            lambda w: [w.manifest, "-o", _out(w, "s3"), "--ratios", "0.9,0.9,0.9"],
+            lambda w: ["ratios"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "negative seed",
+            lambda w: [w.manifest, "-o", _out(w, "s4"), "--seed", "-1"],
+            lambda w: ["--seed"],
+            EXIT_USAGE,
+        ),
+    ],
+    "data balance": [
+        *_manifest_cases(after=lambda w: ["-o", _out(w, "bal1")]),
+        Case("-o is a file", lambda w: [w.manifest, "-o", w.file], lambda w: [w.file]),
+        Case(
+            "unknown target",
+            lambda w: [w.manifest, "-o", _out(w, "bal2"), "--target", "lots"],
+            lambda w: ["lots"],
+        ),
+        Case(
+            "unknown scheme",
+            lambda w: [w.manifest, "-o", _out(w, "bal3"), "--scheme", "nowhere"],
+            lambda w: ["nowhere"],
+        ),
+    ],
+    "data preview-augment": [
+        *_manifest_cases(after=lambda w: ["-o", _out(w, "grid.png")]),
+        Case(
+            "unknown policy",
+            lambda w: [w.manifest, "-o", _out(w, "g.png"), "--policy", "wild"],
+            lambda w: ["wild"],
+        ),
+        Case(
+            "-o is a folder",
+            lambda w: [w.manifest, "-o", w.folder, "--images", "1", "--copies", "1"],
+            lambda w: [w.folder],
+        ),
+    ],
+    "data has-labels": _manifest_cases(),
+    "data track": [
+        Case("missing path", lambda w: [w.missing], lambda w: [w.missing]),
+    ],
+    "data push": [
+        Case("outside a DVC repository", lambda w: [], lambda w: ["DVC"]),
+    ],
+    "data pull": [
+        Case("outside a DVC repository", lambda w: [], lambda w: ["DVC"]),
+    ],
+    "data version": [
+        Case("missing path", lambda w: [w.missing], lambda w: [w.missing]),
+        Case("a file outside DVC", lambda w: [w.file], lambda w: [w.file]),
+    ],
+    "data remote add": [
+        Case("outside a DVC repository", lambda w: ["store", w.folder], lambda w: ["DVC"]),
+    ],
+    "train": [
+        Case("no --data", lambda w: ["-o", _out(w, "t0")], lambda w: ["--data"], EXIT_USAGE),
+        Case(
+            "missing data",
+            lambda w: ["-d", w.missing, "-o", _out(w, "t1"), "--model", "tiny"],
+            lambda w: [w.missing],
+        ),
+        Case(
+            "data is a file",
+            lambda w: ["-d", w.file, "-o", _out(w, "t2"), "--model", "tiny"],
+            lambda w: [w.file],
+        ),
+        Case(
+            "corrupt manifest.parquet",
+            lambda w: ["-d", w.corrupt_parquet, "-o", _out(w, "t3"), "--model", "tiny"],
+            lambda w: [w.corrupt_parquet],
+        ),
+        Case(
+            "unknown strategy",
+            lambda w: ["-d", w.manifest, "-o", _out(w, "t4"), "--strategy", "magic"],
+            lambda w: ["magic"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "unknown distributed mode",
+            lambda w: [
+                *("-d", w.manifest, "-o", _out(w, "t5")),
+                *("--distributed", "quantum"),
+            ],
+            lambda w: ["quantum"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "--resume without --checkpoint-dir",
+            lambda w: ["-d", w.manifest, "-o", _out(w, "t6"), "--resume"],
+            lambda w: ["--resume", "--checkpoint-dir"],
+            EXIT_USAGE,
+        ),
+    ],
+    "train embed": [
+        *_manifest_cases(after=lambda w: ["--model", "tiny"]),
+        Case(
+            "--store is a file",
+            lambda w: [w.manifest, "--model", "tiny", "--store", w.file],
+            lambda w: [w.file],
+        ),
+    ],
+    "evaluate": [
+        Case("no --bundle", lambda w: ["-d", w.manifest], lambda w: ["--bundle"], EXIT_USAGE),
+        *_bundle_cases(lambda w: ["-b"], lambda w: ["-d", w.manifest, "-o", _out(w, "e1")]),
+        Case(
+            "truncated export",
+            lambda w: [
+                *("-b", w.truncated, "-d", w.manifest, "-o", _out(w, "e2")),
+                *("--format", "onnx", "--split", "all"),
+            ],
+            lambda w: ["model.onnx", "truncated"],
+        ),
+        *_manifest_cases(
+            lambda w: ["-b", w.bundle, "-d"], lambda w: ["-o", _out(w, "e3"), "--split", "all"]
+        ),
+        Case(
+            "-o is a file",
+            lambda w: ["-b", w.bundle, "-d", w.manifest, "-o", w.file, "--split", "all"],
+            lambda w: [w.file],
+        ),
+        Case(
+            "negative seed",
+            lambda w: [
+                *("-b", w.bundle, "-d", w.manifest, "-o", _out(w, "e4")),
+                *("--split", "all", "--seed", "-1"),
+            ],
+            lambda w: ["--seed"],
+            EXIT_USAGE,
+        ),
+    ],
+    "evaluate compare": [
+        Case(
+            "missing evaluations",
+            lambda w: [w.missing, w.missing, "-o", _out(w, "c1")],
+            lambda w: [w.missing],
+        ),
+        Case(
+            "evaluations are files",
+            lambda w: [w.file, w.file, "-o", _out(w, "c2")],
+            lambda w: [w.file],
+        ),
+        Case(
+            "empty evaluation folders",
+            lambda w: [w.folder, w.folder, "-o", _out(w, "c3")],
+            lambda w: [w.folder],
+        ),
+        Case("only one evaluation", lambda w: [w.folder, "-o", _out(w, "c4")], lambda w: ["two"]),
+    ],
+}
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_every_command_has_hostile_cases() -> None:
+    uncovered = sorted(set(COMMANDS) - set(CASES))
+    stale = sorted(set(CASES) - set(COMMANDS))
+    assert not uncovered, f"add hostile cases to CASES for: {', '.join(uncovered)}"
+    assert not stale, f"CASES names commands the CLI no longer has: {', '.join(stale)}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Each in-process run reconfigures the root logger (``-v``); undo it for later tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty folder: no params.yaml, no git or DVC repository around, and no
+    experiment tracking (an MLflow store costs seconds and is not under test)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLIP_HAR_PARAMS", raising=False)
+    monkeypatch.setenv("CLIP_HAR_TRAIN__TRACKING", "none")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("command", "case"),
+    [(command, case) for command, cases in CASES.items() for case in cases],
+    ids=[f"{command}: {case.name}" for command, cases in CASES.items() for case in cases],
+)
+def test_hostile_input_is_a_clear_error(
+    command: str, case: Case, world: World, elsewhere: Path
+) -> None:
+    result = invoke(*command.split(), *case.args(world))
+    check_clean_failure(result, case.code, *(str(m) for m in case.mentions(world)))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_unknown_option_is_a_usage_error(command: str, elsewhere: Path) -> None:
+    result = invoke(*command.split(), "--no-such-option")
+    check_clean_failure(result, EXIT_USAGE, "--no-such-option")
+
+
+def _numeric_options() -> list[tuple[str, str, Any]]:
+    found = []
+    for command, cmd in sorted(COMMANDS.items()):
+        for param in cmd.params:
+            annotation = param.type_descriptor.annotation
+            if param.opts[0].startswith("--") and annotation in (int, float):
+                found.append((command, param.opts[0], param))
+    return found
+
+
+NUMERIC = _numeric_options()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "param"), NUMERIC, ids=[f"{c} {o}" for c, o, _ in NUMERIC]
+)
+def test_numbers_out_of_range_or_not_numbers_are_usage_errors(
+    command: str, option: str, param: Any, elsewhere: Path
+) -> None:
+    words = command.split()
+    bad = ["many"]
+    if param.min is not None:
+        bad.append(str(param.min - 1))
+    if param.max is not None:
+        bad.append(str(param.max + 1))
+    for value in bad:
+        check_clean_failure(invoke(*words, option, value), EXIT_USAGE, option)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_broken_params_file_is_named(command: str, world: World, elsewhere: Path) -> None:
+    """Every command refuses a broken ``--params`` file before any work, naming it."""
+    damaged = sorted(world.params.values())
+    path = damaged[sorted(COMMANDS).index(command) % len(damaged)]  # each kind, in turn
+    check_clean_failure(invoke("--params", path, *command.split()), EXIT_FAILURE, path.name)
+
+
+def test_params_option_needs_a_file(world: World, elsewhere: Path) -> None:
+    check_clean_failure(
+        invoke("--params", world.missing, "bundle", "show", world.bundle),
+        EXIT_FAILURE,
+        world.missing.name,
+    )
+    check_clean_failure(
+        invoke("--params", world.folder, "bundle", "show", world.bundle),
+        EXIT_FAILURE,
+        world.folder.name,
+        "folder",
+    )
+
+
+@pytest.mark.parametrize(
+    "what", ["unknown key", "wrong type", "invalid YAML", "a YAML list", "not UTF-8"]
+)
+def test_broken_params_yaml_in_the_working_folder(what: str, world: World, elsewhere: Path) -> None:
+    shutil.copy(world.params[what], elsewhere / "params.yaml")
+    for args in (
+        ["predict", world.photos, "-b", world.bundle],
+        ["data", "split", world.manifest, "-o", elsewhere / "split"],
+    ):
+        check_clean_failure(invoke(*args), EXIT_FAILURE, "params.yaml")
+
+
+def test_an_unforeseen_error_is_one_message_and_exit_1(
+    world: World, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net for bugs: no traceback for the user, a pointer to ``-vv``."""
+
+    def broken(directory: object) -> None:
+        raise KeyError("manifest")
+
+    monkeypatch.setattr("clip_har.models.bundle.open_bundle", broken)
+    result = invoke("bundle", "show", world.bundle)
+    assert result.exit_code == EXIT_FAILURE and "Traceback" not in result.output
+    assert "unexpected KeyError" in result.stderr and BUG_MARKER in result.stderr
+    verbose = invoke("-vv", "bundle", "show", world.bundle)
+    assert verbose.exit_code == EXIT_FAILURE
+    assert "Traceback" in verbose.stderr and "broken" in verbose.stderr  # -vv shows where
+
+
+def test_ctrl_c_exits_130_quietly(
+    world: World, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(directory: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clip_har.models.bundle.open_bundle", interrupted)
+    result = invoke("bundle", "show", world.bundle)
+    assert result.exit_code == EXIT_INTERRUPTED and "Traceback" not in result.output
+    assert "interrupted" in result.stderr
+
+
+def test_the_console_script_keeps_the_scheme(world: World) -> None:
+    """The installed ``clip-har`` entry point, as a shell script sees it."""
+    failure = run_cli("bundle", "show", str(world.corrupt_manifest))
+    usage = run_cli("predict", str(world.photos), "--top-k", "0")
+    assert (failure.returncode, usage.returncode) == (EXIT_FAILURE, EXIT_USAGE)
+    for done in (failure, usage):
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert "not valid JSON" in failure.stderr and "--top-k" in usage.stderr
