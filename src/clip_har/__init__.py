@@ -8,8 +8,7 @@ The public Python API (see docs/python-api.md)::
     for result in predictor.predict_files([Path("photo.jpg")]):
         print(result.path, result.prediction or result.error)
 
-Names are imported on first use, so ``import clip_har`` stays light (no torch), and an
-ONNX predictor never loads PyTorch.
+Names are imported on first use, so ``import clip_har`` stays light: it loads no torch.
 """
 
 from __future__ import annotations

@@ -274,7 +274,9 @@ def load_settings(
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid settings{where}:\n{_describe(exc)}") from None
+        problems = _describe(exc)
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise ConfigError(f"invalid settings{where}:\n{lines}", problems=problems) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from None
     finally:
@@ -297,12 +299,11 @@ def _check_params_file(path: Path) -> None:
         )
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError) -> list[str]:
     """One line per problem: the dotted field, pydantic's message and the value given."""
-    return "\n".join(
-        f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}{_given(err)}"
-        for err in exc.errors()
-    )
+    return [
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}{_given(err)}" for err in exc.errors()
+    ]
 
 
 def _given(error: Any) -> str:

@@ -22,7 +22,22 @@ class UsageError(ClipHarError):
 
 
 class ConfigError(ClipHarError):
-    """A settings file, class list or prompt set is invalid."""
+    """A settings file, class list, prompt set or option is invalid.
+
+    ``problems`` holds one line per invalid setting (``"predict.top_k: ..."``) when the
+    error comes from validating the settings; it is empty otherwise.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class RegistryError(ConfigError, ValueError):
+    """A registry (formats, heads, strategies) has no entry of that name, or was given a name twice.
+
+    Also a ``ValueError``: pydantic validators that look a name up report it as a field error.
+    """
 
 
 class PreprocessingConfigError(ConfigError, ValueError):

@@ -12,8 +12,11 @@ import hashlib
 import html
 import io
 import json
+import logging
 import math
 import os
+import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,6 +28,19 @@ import numpy as np
 import pandas as pd
 
 HTML_ROW_LIMIT = 2000  # rows per table in a page; the JSON and CSV hold everything
+
+log = logging.getLogger(__name__)
+
+
+def _process_umask() -> int:
+    """The process umask. Reading it means setting it, so this runs once, at import."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# a new file gets what ``open()`` would give it; mkstemp's 0600 would hide outputs
+_NEW_FILE_MODE = 0o666 & ~_process_umask()
 
 
 # --------------------------------------------------------------------------- files
@@ -42,6 +58,8 @@ def atomic_write(
     flushes the file to disk before the rename (checkpoints, acknowledged writes).
     ``exclusive`` publishes with a hard link instead, which never replaces an existing
     ``path`` but raises :class:`FileExistsError` (write-once files such as cache shards).
+    The file gets the permissions ``open()`` would give it: an existing ``path``'s mode,
+    else ``0o666`` less the umask.
     """
     target = Path(path)
     if target.is_dir():
@@ -54,7 +72,7 @@ def atomic_write(
     staging = Path(name)
     try:
         yield staging
-        staging.chmod(0o644)  # mkstemp makes 0600; outputs are meant to be shared
+        staging.chmod(_published_mode(target))
         if durable:
             with staging.open("rb+") as stream:
                 os.fsync(stream.fileno())
@@ -66,6 +84,14 @@ def atomic_write(
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def _published_mode(target: Path) -> int:
+    """The permission bits of a file written to ``target``: as ``open(target, "w")``."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return _NEW_FILE_MODE
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -82,10 +108,112 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
-    """Write ``value`` as indented JSON (non-finite floats as ``null``) atomically."""
-    text = json.dumps(json_safe(value), indent=2, ensure_ascii=False) + "\n"
-    return write_text_atomic(path, text)
+def write_json_atomic(path: str | os.PathLike[str], value: Any, *, sort_keys: bool = False) -> Path:
+    """Write ``value`` as indented UTF-8 JSON with a final newline (non-finite floats as
+    ``null``, see :func:`json_safe`) atomically; ``sort_keys`` orders every object's keys."""
+    text = json.dumps(json_safe(value), indent=2, ensure_ascii=False, sort_keys=sort_keys)
+    return write_text_atomic(path, text + "\n")
+
+
+@contextmanager
+def staging_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new empty folder beside ``target`` to build its replacement in.
+
+    It lies inside a uniquely named hidden folder on ``target``'s file system, so
+    :func:`replace_directory` can rename it onto ``target`` and concurrent writers never
+    share it. Whatever is left of it on exit (all of it after an error) is deleted.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        staging = holder / target.name
+        staging.mkdir()
+        yield staging
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move the fully written folder ``staging`` onto ``target``, replacing what is there.
+
+    ``target`` holds the old content or the new, never a mix: an existing ``target`` is
+    renamed to a unique name beside it, ``staging`` is renamed into place, and only then
+    is the old one deleted. If ``staging`` cannot be moved, the old one is put back.
+    Between the two renames ``target`` is briefly absent; a crash there leaves the old
+    copy in a hidden ``.NAME-old-*`` folder beside it. Concurrent calls for one
+    ``target`` each use their own names; the last one wins. ``staging`` must be on
+    ``target``'s file system (see :func:`staging_directory`).
+    """
+    staging, target = Path(staging), Path(target)
+    while True:
+        try:
+            staging.rename(target)  # nothing there (or an empty folder): one atomic step
+            return
+        except OSError as exc:
+            if not _occupied(exc):
+                raise
+        if _swap_directory(staging, target):
+            return
+
+
+def _occupied(error: OSError) -> bool:
+    """Whether a rename failed only because something is already at its destination."""
+    return error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR)
+
+
+def _swap_directory(staging: Path, target: Path) -> bool:
+    """Retire ``target`` to a unique name and put ``staging`` in its place. False when a
+    concurrent writer got in between, so the caller starts over."""
+    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+    retired = holder / target.name
+    try:
+        target.rename(retired)
+    except BaseException as exc:
+        holder.rmdir()
+        if isinstance(exc, FileNotFoundError):
+            return False  # another writer retired it first
+        raise
+    try:
+        staging.rename(target)
+    except OSError as exc:
+        if _occupied(exc):  # another writer published between our two renames
+            shutil.rmtree(holder, ignore_errors=True)
+            return False
+        _restore(retired, target)
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
+    return True
+
+
+def _restore(retired: Path, target: Path) -> None:
+    """Put the retired ``target`` back after a failed replacement, unless a concurrent
+    writer has already put a newer copy there."""
+    try:
+        retired.rename(target)
+    except OSError as exc:
+        if not _occupied(exc):
+            log.error("could not put %s back; the old copy is kept in %s", target, retired)
+            return
+    shutil.rmtree(retired.parent, ignore_errors=True)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``path``, created if absent, for the
+    block: a read-modify-write of a shared file by several processes or threads. Where
+    ``fcntl`` does not exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:

@@ -67,6 +67,11 @@ class World:
     missing: Path  # does not exist
     bad_model: Path  # a save_pretrained model whose preprocessor_config.json is unusable
     garbled_model: Path  # a save_pretrained model whose config.json is not JSON
+    marked_model: Path  # the tiny preset folder whose clip_har_preset.json is not JSON
+    split: Path  # the sound manifest, split into train/val/test
+    corrupt_checkpoint: Path  # a --checkpoint-dir whose checkpoint.pt is garbage
+    corrupt_details: Path  # an evaluation folder whose metrics_full.json is not JSON
+    columnless_predictions: Path  # an evaluation folder whose predictions.csv lacks columns
     params: dict[str, Path]  # broken params files by what is wrong with them
 
 
@@ -118,6 +123,25 @@ def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPa
         json.dumps(tiny_backbone.image_config.to_hf())
     )
 
+    marked_model = Path(shutil.copytree(tiny_backbone.source_dir, root / "marked-model"))
+    (marked_model / "clip_har_preset.json").write_text('{"preset": "tiny", ')
+    split = root / "split"
+    splitted = invoke("data", "split", manifest, "-o", split, "--ratios", "0.7,0.15,0.15")
+    assert splitted.exit_code == 0, splitted.output
+    corrupt_checkpoint = root / "checkpoints"
+    corrupt_checkpoint.mkdir()
+    (corrupt_checkpoint / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    corrupt_details = root / "corrupt-evaluation"
+    corrupt_details.mkdir()
+    (corrupt_details / "metrics_full.json").write_text('{"class_names": ["running", ')
+    (corrupt_details / "predictions.csv").write_text(
+        "path,label,predicted\na.jpg,running,running\n"
+    )
+    columnless_predictions = root / "columnless-evaluation"
+    columnless_predictions.mkdir()
+    (columnless_predictions / "metrics_full.json").write_text('{"class_names": ["running"]}')
+    (columnless_predictions / "predictions.csv").write_text("file,guess\na.jpg,running\n")
+
     text_file = root / "notes.txt"
     text_file.write_text("not what you think\n")
     empty = root / "empty-folder"
@@ -155,6 +179,11 @@ def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPa
         missing=root / "does-not-exist",
         bad_model=bad_model,
         garbled_model=garbled_model,
+        marked_model=marked_model,
+        split=split,
+        corrupt_checkpoint=corrupt_checkpoint,
+        corrupt_details=corrupt_details,
+        columnless_predictions=columnless_predictions,
         params=params_files,
     )
 
@@ -244,6 +273,9 @@ def _out(w: World, name: str) -> Path:
 
 
 CASES: dict[str, list[Case]] = {
+    "formats": [
+        Case("an unexpected argument", lambda w: ["onnx"], lambda w: ["onnx"], EXIT_USAGE),
+    ],
     "predict": [
         Case(
             "missing image",
@@ -265,6 +297,17 @@ CASES: dict[str, list[Case]] = {
             "unusable preprocessor config",
             lambda w: [w.photos, "--model", w.bad_model, "--labels", "a,b"],
             lambda w: [w.bad_model / "preprocessor_config.json", "image_std"],
+        ),
+        Case(
+            "corrupt clip_har_preset.json",
+            lambda w: [w.photos, "--model", w.marked_model, "--labels", "a,b"],
+            lambda w: [w.marked_model / "clip_har_preset.json", "not valid JSON"],
+        ),
+        Case(
+            "unknown --format",
+            lambda w: [w.photos, "-b", w.bundle, "--format", "nope"],
+            lambda w: ["--format", "nope"],
+            EXIT_USAGE,
         ),
         Case(
             "--bundle and --model together",
@@ -318,11 +361,19 @@ CASES: dict[str, list[Case]] = {
             "batch size 0",
             lambda w: [w.bundle, "--batch-sizes", "0"],
             lambda w: ["batch sizes"],
+            EXIT_USAGE,
         ),
         Case(
             "batch sizes not numbers",
             lambda w: [w.bundle, "--batch-sizes", "one,two"],
             lambda w: ["one,two"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "unknown format in --formats",
+            lambda w: [w.bundle, "--formats", "torch,onxx"],
+            lambda w: ["onxx"],
+            EXIT_USAGE,
         ),
         Case("missing --data", lambda w: [w.bundle, "--data", w.missing], lambda w: [w.missing]),
     ],
@@ -366,6 +417,11 @@ CASES: dict[str, list[Case]] = {
             "config.json is not JSON",
             lambda w: ["-o", _out(w, "b7"), "--model", w.garbled_model],
             lambda w: [w.garbled_model, "cannot load the model"],
+        ),
+        Case(
+            "corrupt clip_har_preset.json",
+            lambda w: ["-o", _out(w, "b8"), "--model", w.marked_model],
+            lambda w: [w.marked_model / "clip_har_preset.json", "not valid JSON"],
         ),
     ],
     "bundle show": _bundle_cases(),
@@ -492,6 +548,15 @@ CASES: dict[str, list[Case]] = {
             lambda w: ["--resume", "--checkpoint-dir"],
             EXIT_USAGE,
         ),
+        Case(
+            "--resume from a corrupt checkpoint.pt",
+            lambda w: [
+                *("-d", w.split, "-o", _out(w, "t7"), "--model", "tiny"),
+                *("--strategy", "clip-adapter", "--epochs", "1"),
+                *("--checkpoint-dir", w.corrupt_checkpoint, "--resume"),
+            ],
+            lambda w: [w.corrupt_checkpoint / "checkpoint.pt", "not a readable checkpoint"],
+        ),
     ],
     "train embed": [
         *_manifest_cases(after=lambda w: ["--model", "tiny"]),
@@ -529,6 +594,15 @@ CASES: dict[str, list[Case]] = {
             lambda w: ["--seed"],
             EXIT_USAGE,
         ),
+        Case(
+            "unknown --format",
+            lambda w: [
+                *("-b", w.bundle, "-d", w.manifest, "-o", _out(w, "e5")),
+                *("--split", "all", "--format", "nope"),
+            ],
+            lambda w: ["--format", "nope"],
+            EXIT_USAGE,
+        ),
     ],
     "evaluate compare": [
         Case(
@@ -547,6 +621,16 @@ CASES: dict[str, list[Case]] = {
             lambda w: [w.folder],
         ),
         Case("only one evaluation", lambda w: [w.folder, "-o", _out(w, "c4")], lambda w: ["two"]),
+        Case(
+            "corrupt metrics_full.json",
+            lambda w: [w.corrupt_details, w.corrupt_details, "-o", _out(w, "c5")],
+            lambda w: [w.corrupt_details / "metrics_full.json", "not valid JSON"],
+        ),
+        Case(
+            "predictions.csv without its columns",
+            lambda w: [w.columnless_predictions, w.columnless_predictions, "-o", _out(w, "c6")],
+            lambda w: [w.columnless_predictions / "predictions.csv", "label, path, predicted"],
+        ),
     ],
 }
 

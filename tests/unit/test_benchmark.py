@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, UsageError
 from clip_har.export.benchmark import (
     OUTPUT_FILES,
     BenchmarkConfig,
@@ -112,7 +112,7 @@ def test_batch_sizes_parse(text: str, sizes: tuple[int, ...]) -> None:
     [("0", "at least 1"), ("1,-8", "at least 1"), ("1,eight", "positive integers"), (",", "no")],
 )
 def test_bad_batch_sizes_are_refused(text: str, message: str) -> None:
-    with pytest.raises(ClipHarError, match=message):
+    with pytest.raises(UsageError, match=message):
         parse_batch_sizes(text)
 
 
@@ -120,9 +120,11 @@ def test_config_checks_its_values() -> None:
     assert BenchmarkConfig().resolved_threads == usable_cores()
     assert BenchmarkConfig(threads=1).to_dict()["threads"] == 1
     for bad in ({"batch_sizes": (0,)}, {"threads": 0}, {"warmup": -1}, {"min_iterations": 0},
-                {"device": "tpu"}, {"formats": ()}):  # fmt: skip
+                {"device": "tpu"}, {"formats": ()}, {"formats": ("torch", "onxx")}):  # fmt: skip
         with pytest.raises(ClipHarError):
             BenchmarkConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"unknown format\(s\) onxx \(choose from torch, onnx"):
+        BenchmarkConfig(formats=("torch", "onxx"))
 
 
 # --- a real run on the tiny bundle ----------------------------------------------------------
@@ -153,7 +155,7 @@ def torch_run(
     output = tmp_path_factory.mktemp("bench") / "out"
     tracker = RecordingTracker()
     config = BenchmarkConfig(
-        formats=("torch", "tensorrt", "onnx-fp16", "no-such-format"),
+        formats=("torch", "tensorrt", "onnx-fp16"),
         batch_sizes=(1, 3),
         threads=1,
         **QUICK,  # type: ignore[arg-type]
@@ -182,10 +184,9 @@ def test_formats_that_cannot_load_are_skipped_with_their_reason(
     torch_run: tuple[BenchmarkResult, Path, RecordingTracker],
 ) -> None:
     result, _, _ = torch_run
-    assert set(result.skipped) == {"tensorrt", "onnx-fp16", "no-such-format"}
+    assert set(result.skipped) == {"tensorrt", "onnx-fp16"}
     assert "no 'tensorrt' export" in result.skipped["tensorrt"]
     assert "clip-har export" in result.skipped["onnx-fp16"]
-    assert "unknown engine format" in result.skipped["no-such-format"]
     for name, reason in result.skipped.items():
         assert name in result.markdown and reason.split(":")[0] in result.markdown
 

@@ -103,6 +103,20 @@ def test_invalid_value_names_file_and_field(tmp_path: Path) -> None:
         load_settings(params)
 
 
+def test_each_invalid_setting_is_one_listed_problem(tmp_path: Path) -> None:
+    params = tmp_path / "bad.yaml"
+    params.write_text("predict:\n  top_k: 0\n  batch_size: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(params)
+    problems = info.value.problems
+    assert sorted(problem.split(":")[0] for problem in problems) == [
+        "predict.batch_size",
+        "predict.top_k",
+    ]
+    assert any("(got 0)" in p for p in problems) and any("(got 'many')" in p for p in problems)
+    assert ConfigError("no settings involved").problems == []
+
+
 def test_unknown_field_is_rejected(tmp_path: Path) -> None:
     params = tmp_path / "typo.yaml"
     params.write_text("predict:\n  topk: 3\n")

@@ -5,7 +5,6 @@ exporters and the docs table agree; damaged or failed artifacts are refused clea
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -15,22 +14,27 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_photo
+from typer.testing import CliRunner
 
+from clip_har.cli.main import app
 from clip_har.config import ParityLimit, ParitySettings
 from clip_har.errors import BundleError, ClipHarError
 from clip_har.export.images import sample_pixels
 from clip_har.export.parity import limit_for
 from clip_har.export.run import (
     EXPORTERS,
+    Exporter,
     ExportOptions,
     export_bundle,
     image_outputs,
     parse_formats,
+    register_exporter,
 )
 from clip_har.inference.engines import EngineOptions, create_engine
 from clip_har.inference.formats import (
     FormatSpec,
     format_names,
+    formats_markdown,
     get_format,
     register_format,
     registered_formats,
@@ -155,17 +159,57 @@ def test_a_name_or_file_is_registered_once() -> None:
     assert "onnx-copy" not in format_names()
 
 
-def test_the_docs_table_lists_the_registry() -> None:
-    """docs/export.md "What is exported": one row per registered format, in order, with
-    the registry's files and precisions."""
-    section = DOCS.read_text().split("## What is exported", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
-    documented = [tuple(re.sub(r"[`\s]", "", cell) for cell in row) for row in rows]
-    expected = [
-        (spec.name, "+".join((spec.file, *spec.companions)), "/".join(spec.precisions))
-        for spec in registered_formats()
-    ]
-    assert documented == expected
+def test_a_new_format_is_its_spec_and_its_exporter(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/architecture.md "How to add an export format", done from outside the package with
+    a throwaway format (both registries are restored after the test)."""
+    monkeypatch.setattr(
+        "clip_har.inference.formats._FORMATS", {spec.name: spec for spec in registered_formats()}
+    )
+    monkeypatch.setattr("clip_har.export.run.EXPORTERS", dict(EXPORTERS))
+    spec = register_format(
+        FormatSpec(
+            "onnx-copy",
+            "model.copy.onnx",
+            ("fp32",),
+            "onnxruntime",
+            engine=get_format("onnx").engine,
+        )
+    )
+    with pytest.raises(ClipHarError, match="unknown format 'nowhere'"):
+        register_exporter("nowhere", EXPORTERS["onnx"])
+    with pytest.raises(ClipHarError, match="'onnx' already has an exporter"):
+        register_exporter("onnx", EXPORTERS["onnx"])
+    register_exporter(spec.name, Exporter(EXPORTERS["onnx"].build))
+
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    summary = export_bundle(copy, [spec.name], ExportOptions(parity_count=2))
+    assert summary.failures == {} and summary.records[spec.name].passed
+    assert summary.records[spec.name].file == "exports/model.copy.onnx"
+    engine = create_engine(open_bundle(copy), spec.name)
+    assert engine.predict(np.zeros((1, 3, 64, 64), dtype=np.float32)).shape == (1, 15)
+
+
+def test_the_docs_table_is_the_registry() -> None:
+    """docs/export.md embeds `clip-har formats --markdown` verbatim: a new or changed
+    FormatSpec fails here until the docs are regenerated from the registry."""
+    text = DOCS.read_text()
+    block = text.split("<!-- formats:", 1)[1].split("-->", 1)[1].split("<!-- end formats -->")[0]
+    assert block.lstrip("\n") == formats_markdown()
+    names = [line.split("`")[1] for line in formats_markdown().splitlines()[2:]]
+    assert names == [spec.name for spec in registered_formats()]
+
+
+def test_clip_har_formats_lists_the_registry_and_what_is_missing_here() -> None:
+    markdown = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["formats", "--markdown"])
+    assert markdown.exit_code == 0 and markdown.stdout == formats_markdown()
+    listing = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["formats"])
+    assert listing.exit_code == 0
+    for spec in registered_formats():
+        assert spec.name in listing.stdout
+        reason = spec.unavailable_reason("inference")
+        assert reason is None or reason.split(":")[0] in listing.stderr
 
 
 def test_onnx_open_vocabulary_runs_without_pytorch(exported: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from clip_har.errors import BundleError, HeadShapeError
+from clip_har.errors import BundleError, HeadShapeError, RegistryError
 from clip_har.models.backbone import Backbone
 from clip_har.models.bundle import open_bundle, save_bundle
 from clip_har.models.classifier import HARClassifier
@@ -61,7 +61,7 @@ def test_registry_lists_every_head() -> None:
     assert set(HEADS) == {"zero_shot", "linear", "clip_adapter", "tip_adapter"}
     assert all(HEADS[name].head_type == name for name in HEADS)
     assert head_class("linear") is LinearHead
-    with pytest.raises(ValueError, match=r"unknown head type 'mystery'.*zero_shot"):
+    with pytest.raises(RegistryError, match=r"unknown head type 'mystery'.*zero_shot"):
         head_class("mystery")
 
 
@@ -69,7 +69,7 @@ def test_a_head_type_name_cannot_be_registered_twice() -> None:
     class Impostor(LinearHead):
         head_type = "linear"
 
-    with pytest.raises(ValueError, match="'linear' is already registered by LinearHead"):
+    with pytest.raises(RegistryError, match="'linear' is already registered by LinearHead"):
         register_head(Impostor)
     assert HEADS["linear"] is LinearHead
     assert register_head(LinearHead) is LinearHead  # registering the same class is a no-op

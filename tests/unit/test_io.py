@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -10,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from clip_har.io import atomic_write, write_bytes_atomic, write_json_atomic, write_text_atomic
+from clip_har.io import (
+    atomic_write,
+    replace_directory,
+    staging_directory,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from clip_har.models.bundle import ExportRecord, open_bundle, record_exports
 
 WRITERS = 8
@@ -105,10 +116,93 @@ def test_writes_create_the_folder_and_produce_shareable_files(tmp_path: Path) ->
     assert target.stat().st_mode & 0o044 == 0o044  # readable by others, unlike mkstemp files
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _write_under_umask(umask: int, target: Path) -> None:
+    """Write ``target`` from a fresh interpreter whose umask is set before clip_har loads."""
+    script = (
+        f"import os; os.umask({umask:#o}); from clip_har.io import write_text_atomic; "
+        f"write_text_atomic({str(target)!r}, 'x')"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_new_files_follow_the_umask_and_rewrites_keep_the_mode(tmp_path: Path) -> None:
+    private, shared = tmp_path / "private.pt", tmp_path / "shared.json"
+    _write_under_umask(0o077, private)
+    _write_under_umask(0o022, shared)
+    assert _mode(private) == 0o600  # a checkpoint under umask 077 stays the owner's
+    assert _mode(shared) == 0o644
+    shared.chmod(0o640)
+    write_text_atomic(shared, "rewritten")
+    assert _mode(shared) == 0o640  # like open(path, "w"): an existing file keeps its mode
+
+
+def _write_tree(folder: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+def test_replace_directory_swaps_whole_folders_and_cleans_up(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    for files in ({"a": "old", "b": "old"}, {"c": "new"}):  # first into nothing, then over
+        with staging_directory(target) as staging:
+            assert staging.parent.parent == tmp_path and staging.parent.name.startswith(".")
+            _write_tree(staging, files)
+            replace_directory(staging, target)
+        assert _tree(target) == files  # the new folder whole, nothing of the old one
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_failed_replacement_keeps_the_old_folder(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    target.mkdir()
+    _write_tree(target, {"manifest.json": "old"})
+
+    class WriterError(Exception):
+        pass
+
+    with pytest.raises(WriterError), staging_directory(target) as staging:
+        _write_tree(staging, {"manifest.json": "half"})
+        raise WriterError  # a writer that fails midway: its staging folder is dropped
+    with pytest.raises(FileNotFoundError):  # the old one is retired, then the move fails
+        replace_directory(tmp_path / "never-written", target)
+    assert _tree(target) == {"manifest.json": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_concurrent_folder_replacements_use_unique_names(tmp_path: Path) -> None:
+    """Two overwrites of one bundle used to share a fixed ``.NAME.old`` name."""
+    target = tmp_path / "bundle"
+    files = [f"file-{i}" for i in range(4)]
+    start = threading.Barrier(WRITERS)
+
+    def replace(writer: int) -> None:
+        start.wait()
+        for _ in range(ROUNDS):
+            with staging_directory(target) as staging:
+                _write_tree(staging, dict.fromkeys(files, str(writer)))
+                replace_directory(staging, target)
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        list(pool.map(replace, range(WRITERS)))  # re-raises any writer's error
+    final = _tree(target)
+    assert sorted(final) == files and len(set(final.values())) == 1  # one writer's, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
 def test_concurrent_export_records_never_race_on_the_bundle_manifest(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    """Two exports of one bundle used to share the manifest's fixed temporary name."""
+    """Two exports of one bundle used to share the manifest's fixed temporary name, and
+    each rewrote the manifest it had read at its start, dropping the other's record."""
     bundle = open_bundle(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     start = threading.Barrier(WRITERS)
 
@@ -128,5 +222,5 @@ def test_concurrent_export_records_never_race_on_the_bundle_manifest(
     with ThreadPoolExecutor(WRITERS) as pool:
         list(pool.map(record, range(WRITERS)))  # re-raises any writer's error
     exports = open_bundle(bundle.directory).manifest.exports
-    assert len(exports) == 1 and next(iter(exports)).startswith("format-")
+    assert sorted(exports) == [f"format-{writer}" for writer in range(WRITERS)]
     assert not [p.name for p in bundle.directory.iterdir() if p.name.startswith(".")]

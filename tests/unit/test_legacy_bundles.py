@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from clip_har.inference.engines import create_engine
-from clip_har.models.bundle import open_bundle
+from clip_har.models.bundle import open_bundle, save_bundle
 from clip_har.models.heads import HEADS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_bundles"
@@ -44,6 +45,21 @@ def test_legacy_bundle_loads_and_gives_the_same_probabilities(
 
     probabilities = create_engine(bundle, "torch").predict(seeded_pixels())
     expected = np.load(FIXTURES / f"{head_type}.probabilities.npy")
+
+    # today's code re-saves it and loads it back: the same probabilities, bit for bit, on
+    # any CPU (this comparison runs both sides on this machine's kernels)
+    resaved = save_bundle(
+        tmp_path / "resaved",
+        classifier=bundle.load_classifier(backbone := bundle.load_backbone()),
+        backbone=backbone,
+        prompts=bundle.manifest.prompts,
+        include_backbone=True,
+    )
+    again = create_engine(open_bundle(resaved.directory), "torch").predict(seeded_pixels())
+    np.testing.assert_array_equal(again, probabilities)
+    stored = load_file(directory / "head.safetensors")
+    for name, tensor in bundle.load_head().state_dict().items():
+        assert torch.equal(tensor, stored[name]), name
 
     if torch.backends.cpu.get_cpu_capability() == REFERENCE["cpu_capability"]:
         # same kernels as the machine that wrote the reference: every bit must match

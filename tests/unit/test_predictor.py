@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, ConfigError
 from clip_har.inference.inputs import collect_inputs
 from clip_har.inference.predictor import PredictOptions, Predictor
 
@@ -32,6 +32,14 @@ def test_files_are_predicted_in_order_with_reasons_for_failures(
         assert scores == sorted(scores, reverse=True)
         assert prediction.label == prediction.top_k[0][0]
         assert 0.0 < prediction.score <= 1.0
+
+
+@pytest.mark.parametrize(
+    "bad", [{"top_k": 0}, {"batch_size": 0}, {"min_side": 0}, {"max_pixels": -1}]
+)
+def test_options_below_1_are_a_config_error(bad: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        PredictOptions(**bad)
 
 
 def test_batching_does_not_change_results(tiny_bundle: Path, photo_folder: Path) -> None:

@@ -14,12 +14,12 @@ from clip_har.data.datasets import ManifestDataset
 from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.data.sources import import_source
 from clip_har.data.splits import split_manifest
-from clip_har.errors import ConfigError
+from clip_har.errors import ConfigError, RegistryError
 from clip_har.imaging import Preprocessor
 from clip_har.models.bundle import open_bundle
 from clip_har.training.finetune import image_accuracy
 from clip_har.training.run import TrainOutcome, run_training
-from clip_har.training.strategies import STRATEGIES
+from clip_har.training.strategies import STRATEGIES, register_strategy
 
 SHAPES = {  # class -> (colour, shape): four classes, chance is 25 %
     "red_disc": ((220, 30, 30), "ellipse"),
@@ -119,3 +119,10 @@ def test_an_unknown_strategy_names_the_setting_and_every_registered_strategy(
     with pytest.raises(ConfigError, match=r"train\.strategy") as error:
         run_training(settings, tmp_path / "split", tmp_path / "bundle")  # before any work
     assert all(name in str(error.value) for name in STRATEGIES)
+
+
+def test_a_strategy_name_cannot_be_registered_twice() -> None:
+    original = STRATEGIES["linear-probe"]
+    with pytest.raises(RegistryError, match="'linear-probe' is already registered"):
+        register_strategy("linear-probe", summary="an impostor")(original.fit)
+    assert STRATEGIES["linear-probe"] is original

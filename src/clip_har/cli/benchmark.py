@@ -10,7 +10,7 @@ from rich.markup import escape
 from clip_har.cli.common import ProgressBar, err_console, settings_from
 from clip_har.config import split_commas
 from clip_har.devices import DEVICE_NAMES, parse_device
-from clip_har.errors import ClipHarError, UsageError
+from clip_har.errors import ClipHarError
 from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 
 
@@ -61,6 +61,7 @@ def benchmark(
     each format x batch size; writes benchmark.json, benchmark.md and benchmark.png."""
     from clip_har.export.benchmark import (
         BenchmarkConfig,
+        check_formats,
         markdown_table,
         parse_batch_sizes,
         run_benchmark,
@@ -69,19 +70,16 @@ def benchmark(
     from clip_har.tracking import create_tracker
 
     device = str(parse_device(device))
-    sizes = parse_batch_sizes(batch_sizes)
+    sizes = parse_batch_sizes(batch_sizes)  # usage errors before any work
+    chosen = None if formats is None else check_formats(split_commas(formats))
     if data is not None and not data.exists():
         raise ClipHarError(f"--data {data}: no such file or folder")
     opened = open_bundle(bundle)
-    if formats is None:
+    if chosen is None:
         exported = [name for name in opened.manifest.exports if name in engine_formats()]
-        chosen = [REFERENCE_FORMAT, *exported]
-    else:
-        chosen = split_commas(formats)
-        if not chosen:
-            raise UsageError(f"--formats '{formats}' names no format")
+        chosen = (REFERENCE_FORMAT, *exported)
     config = BenchmarkConfig(
-        formats=tuple(chosen),
+        formats=chosen,
         batch_sizes=sizes,
         threads=threads,
         warmup=warmup,

@@ -22,7 +22,7 @@ def create(
         "--classes",
         "-c",
         help="Class list name (har15), a text file with one name per line, or a,b,c "
-        "[params: data.classes].",
+        "(default: params data.classes).",
     ),
     prompts: str | None = typer.Option(None, "--prompts", "-p", help="Prompt set name or YAML."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: folder name)."),

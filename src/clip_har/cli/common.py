@@ -34,7 +34,6 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # messages are never cut mid-path
 
 # Exit codes, the same for every command (README "Exit codes").
-EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and failed: one message on stderr, no traceback
 EXIT_USAGE = 2  # the command line is wrong: unknown option, bad or conflicting values
 EXIT_PARTIAL = 3  # the command finished, but some inputs could not be used (each is listed)
@@ -93,8 +92,8 @@ def settings_from(ctx: typer.Context, overrides: dict[str, Any] | None = None) -
     load_settings(params)
     try:
         return load_settings(params, overrides=overrides)
-    except ConfigError as exc:  # "invalid settings ...:" then one line per problem
-        problems = str(exc).partition("\n")[2] or str(exc)
+    except ConfigError as exc:
+        problems = "\n".join(f"  {problem}" for problem in exc.problems) or str(exc)
         raise UsageError(f"invalid option value:\n{problems}") from None
 
 

@@ -5,7 +5,6 @@ Registered in :mod:`clip_har.cli.data` as ``app.command("balance")(balance_comma
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -16,7 +15,7 @@ from clip_har.cli.common import console, err_console
 from clip_har.data.balance import HTML_FILE, JSON_FILE, SCHEMES, parse_target, render_html, resample
 from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.errors import ClipHarError
-from clip_har.io import write_text_atomic
+from clip_har.io import write_json_atomic, write_text_atomic
 
 
 def balance_command(
@@ -45,7 +44,7 @@ def balance_command(
     report = result.report
 
     write_manifest(result.manifest, output)
-    write_text_atomic(output / JSON_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(output / JSON_FILE, report)
     write_text_atomic(output / HTML_FILE, render_html(report))
 
     where = report["split"] or "all rows"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -10,7 +9,7 @@ from rich.table import Table
 
 from clip_har.cli.common import console, drop_none, settings_from
 from clip_har.config import DEFAULT_NEAR_DISTANCE, DEFAULT_SPLIT_RATIOS
-from clip_har.io import write_text_atomic
+from clip_har.io import write_json_atomic
 
 
 def split_command(
@@ -21,10 +20,13 @@ def split_command(
         None,
         "--ratios",
         help="train,val,test fractions "
-        f"[params: split.ratios, {','.join(map(str, DEFAULT_SPLIT_RATIOS))}].",
+        f"(default: params split.ratios, {','.join(map(str, DEFAULT_SPLIT_RATIOS))}).",
     ),
     seed: int | None = typer.Option(
-        None, "--seed", min=0, help="Random seed for the assignment [params: split.seed, 0]."
+        None,
+        "--seed",
+        min=0,
+        help="Random seed for the assignment (default: params split.seed, 0).",
     ),
     near_distance: int | None = typer.Option(
         None,
@@ -32,7 +34,7 @@ def split_command(
         min=0,
         max=63,
         help="Max perceptual-hash distance of near duplicates "
-        f"[params: data.near_distance, {DEFAULT_NEAR_DISTANCE}].",
+        f"(default: params data.near_distance, {DEFAULT_NEAR_DISTANCE}).",
     ),
 ) -> None:
     """Split a manifest so duplicates never cross splits; report per-class counts."""
@@ -54,7 +56,7 @@ def split_command(
         near_distance=settings.data.near_distance,
     )
     write_manifest(result.manifest, output)
-    write_text_atomic(output / "split_report.json", json.dumps(result.report, indent=2) + "\n")
+    write_json_atomic(output / "split_report.json", result.report)
 
     table = Table(title=f"split of {len(result.manifest)} images (seed {seed})")
     table.add_column("class")

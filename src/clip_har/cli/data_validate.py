@@ -41,14 +41,14 @@ def validate_command(
         "--min-side",
         min=1,
         help="Reject images whose shorter side is smaller "
-        f"[params: data.min_image_side, {DEFAULT_MIN_SIDE}].",
+        f"(default: params data.min_image_side, {DEFAULT_MIN_SIDE}).",
     ),
     max_pixels: int | None = typer.Option(
         None,
         "--max-pixels",
         min=1,
         help="Reject larger images from their header, without decoding (bomb guard) "
-        f"[params: data.max_image_pixels, {DEFAULT_MAX_PIXELS}].",
+        f"(default: params data.max_image_pixels, {DEFAULT_MAX_PIXELS}).",
     ),
     near_distance: int | None = typer.Option(
         None,
@@ -56,7 +56,7 @@ def validate_command(
         min=0,
         max=63,
         help="Near duplicates: perceptual hashes at most this many bits apart "
-        f"[params: data.near_distance, {DEFAULT_NEAR_DISTANCE}].",
+        f"(default: params data.near_distance, {DEFAULT_NEAR_DISTANCE}).",
     ),
 ) -> None:
     """Fully decode every image; write a clean manifest, rejected.csv and the data report.

@@ -8,8 +8,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.cli.common import (
+    ProgressBar,
+    console,
+    drop_none,
+    err_console,
+    one_of,
+    settings_from,
+)
 from clip_har.errors import UsageError
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 
 app = typer.Typer(
@@ -29,16 +37,23 @@ def evaluate(
     format: str = typer.Option(
         REFERENCE_FORMAT,
         "--format",
+        parser=one_of(engine_formats()),
+        metavar="FORMAT",
         help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the results."),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Images per forward pass [params: predict.batch_size]."
+        None,
+        "--batch-size",
+        min=1,
+        help="Images per forward pass (default: params predict.batch_size).",
     ),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples."),
+    bootstrap: int = typer.Option(
+        BOOTSTRAP_RESAMPLES, "--bootstrap", min=0, help="Bootstrap resamples."
+    ),
     seed: int = typer.Option(0, "--seed", min=0),
     tracking: str | None = typer.Option(
-        None, "--tracking", help="mlflow, wandb, none, or a,b [params: train.tracking]."
+        None, "--tracking", help="mlflow, wandb, none, or a,b (default: params train.tracking)."
     ),
 ) -> None:
     """Predict every image of --data with --bundle; write metrics.json, predictions.csv,
@@ -108,7 +123,7 @@ def compare(
         ..., help="Evaluation folders or MLflow run ids; the first is the baseline."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for compare.{json,md,html}."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    bootstrap: int = typer.Option(BOOTSTRAP_RESAMPLES, "--bootstrap", min=0),
     seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
     """Side-by-side table, delta plot, McNemar test and paired bootstrap CIs."""

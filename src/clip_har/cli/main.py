@@ -10,6 +10,7 @@ from clip_har.cli import bundle, data, evaluate, train
 from clip_har.cli.benchmark import benchmark
 from clip_har.cli.common import ClipHarGroup, configure_logging
 from clip_har.cli.export import export
+from clip_har.cli.formats import formats
 from clip_har.cli.predict import predict
 from clip_har.config import load_settings
 from clip_har.version import __version__
@@ -28,6 +29,7 @@ app.add_typer(evaluate.app, name="evaluate")
 app.command("predict")(predict)
 app.command("export")(export)
 app.command("benchmark")(benchmark)
+app.command("formats")(formats)
 
 
 def _version(value: bool) -> None:

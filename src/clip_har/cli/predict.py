@@ -13,6 +13,7 @@ from clip_har.cli.common import (
     console,
     drop_none,
     err_console,
+    one_of,
     settings_from,
 )
 from clip_har.cli.output import Rendering, to_csv, to_json, to_table, write_results
@@ -47,6 +48,8 @@ def predict(
     model_format: str = typer.Option(
         REFERENCE_FORMAT,
         "--format",
+        parser=one_of(engine_formats()),
+        metavar="FORMAT",
         help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
     ),
     force: bool = typer.Option(

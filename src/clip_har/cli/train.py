@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import get_args
 
@@ -21,7 +20,7 @@ from clip_har.cli.common import (
 from clip_har.cli.train_embed import embed_command
 from clip_har.config import DistributedMode
 from clip_har.errors import UsageError
-from clip_har.io import write_text_atomic
+from clip_har.io import write_json_atomic
 from clip_har.training.strategies import STRATEGIES
 
 app = typer.Typer(
@@ -157,8 +156,7 @@ def train(
         table.add_row("[yellow]unreadable, skipped[/yellow]", str(stats.skipped))
     console.print(table)
     if metrics_file is not None:
-        metrics = json.dumps(outcome.bundle.manifest.metrics, indent=2, sort_keys=True)
-        write_text_atomic(metrics_file, metrics + "\n")
+        write_json_atomic(metrics_file, outcome.bundle.manifest.metrics, sort_keys=True)
     err_console.print(
         f"wrote bundle {escape(str(outcome.bundle.directory))}"
         + (f" (run {escape(outcome.run_id)})" if outcome.run_id else "")

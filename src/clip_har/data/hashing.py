@@ -7,8 +7,6 @@ from PIL import Image
 
 from clip_har.imaging import to_rgb
 
-PHASH_BITS = 64
-
 
 def perceptual_hash(image: Image.Image) -> str:
     """64-bit DCT perceptual hash (``imagehash.phash``) of the RGB image, as 16 hex chars."""

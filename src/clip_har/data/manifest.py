@@ -29,11 +29,6 @@ COLUMNS: dict[str, str] = {
 }
 
 
-def empty_manifest() -> pd.DataFrame:
-    """A manifest with no rows and every column typed."""
-    return conform(pd.DataFrame({name: [] for name in COLUMNS}))
-
-
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Add missing optional columns as nulls, order and type every column."""
     missing = [c for c in ("path", "label") if c not in frame.columns]

@@ -18,7 +18,15 @@ import pandas as pd
 
 from clip_har.data.duplicates import DEFAULT_MAX_DISTANCE, exact_groups, merged_groups, near_groups
 from clip_har.data.reasons import REASONS
-from clip_har.io import REPORT_CSS, esc, html_table, json_safe, png_base64, write_text_atomic
+from clip_har.io import (
+    REPORT_CSS,
+    esc,
+    html_table,
+    json_safe,
+    png_base64,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = ["HTML_FILE", "JSON_FILE", "build_report", "render_html", "write_report"]
 
@@ -294,8 +302,6 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``data_report.json`` and ``data_report.html`` into ``directory`` (atomically)."""
     folder = Path(directory)
-    json_path = write_text_atomic(
-        folder / JSON_FILE, json.dumps(json_safe(report), indent=2, ensure_ascii=False) + "\n"
-    )
+    json_path = write_json_atomic(folder / JSON_FILE, report)
     html_path = write_text_atomic(folder / HTML_FILE, render_html(report, rejected))
     return json_path, html_path

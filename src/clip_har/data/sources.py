@@ -20,7 +20,7 @@ import pandas as pd
 from clip_har.data.manifest import conform
 from clip_har.data.validate import FACT_COLUMNS, check_files
 from clip_har.errors import SourceError
-from clip_har.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from clip_har.imaging import DEFAULT_MAX_PIXELS, has_image_name
 from clip_har.io import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -139,10 +139,6 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.normpath(path.absolute()))
 
 
-def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
@@ -153,7 +149,7 @@ def _visible(path: Path) -> bool:
 def _folder_entries(root: Path) -> list[_Entry]:
     """Class sub-folders (label = folder name) and loose images at the top (unlabelled)."""
     children = sorted(p for p in root.iterdir() if _visible(p))
-    loose = [_Entry(p, None) for p in children if p.is_file() and _is_image_file(p)]
+    loose = [_Entry(p, None) for p in children if p.is_file() and has_image_name(p)]
     labelled: list[_Entry] = []
     for folder in (p for p in children if p.is_dir()):
         labelled.extend(_Entry(p, folder.name) for p in _images_below(folder))
@@ -170,7 +166,7 @@ def _images_below(folder: Path) -> list[Path]:
     found: list[Path] = []
     for directory, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(directory) / n for n in sorted(filenames) if _is_image_file(Path(n)))
+        found.extend(Path(directory) / n for n in sorted(filenames) if has_image_name(Path(n)))
     return found
 
 

@@ -2,3 +2,6 @@
 
 See docs/evaluation.md.
 """
+
+BOOTSTRAP_RESAMPLES = 1000
+"""Default bootstrap resamples of every interval and paired comparison (``--bootstrap``)."""

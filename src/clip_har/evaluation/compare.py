@@ -13,6 +13,7 @@ from scipy.stats import binomtest, chi2
 from sklearn.metrics import f1_score
 
 from clip_har.errors import EvaluationError
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 from clip_har.evaluation.metrics import (
     EvalArrays,
     bootstrap_indices,
@@ -82,7 +83,7 @@ def _delta(a: float, b: float, samples: list[np.ndarray]) -> dict[str, Any]:
 
 
 def compare_predictions(
-    a: EvalArrays, b: EvalArrays, *, n_bootstrap: int = 1000, seed: int = 0
+    a: EvalArrays, b: EvalArrays, *, n_bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> dict[str, Any]:
     """McNemar's test on paired correctness plus accuracy and macro-F1 of both and their delta.
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, EvaluationError
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 from clip_har.evaluation.compare import compare_predictions
 from clip_har.evaluation.metrics import EvalArrays
 from clip_har.evaluation.run import DETAILS_FILE, PREDICTIONS_FILE
@@ -24,6 +25,7 @@ from clip_har.io import (
     html_table,
     png_base64,
     write_bytes_atomic,
+    write_json_atomic,
     write_text_atomic,
 )
 
@@ -47,13 +49,45 @@ def load_evaluation(reference: str, download_to: Path) -> Evaluation:
     files = [folder / PREDICTIONS_FILE, folder / DETAILS_FILE]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise ClipHarError(
+        raise EvaluationError(
             f"{reference}: not an evaluation folder or MLflow run (missing {', '.join(missing)})"
         )
-    details = json.loads(files[1].read_text())
+    class_names = _class_names(files[1])
+    return Evaluation(reference, _predictions(files[0], class_names), class_names)
+
+
+def _class_names(path: Path) -> list[str]:
+    """The class list of an evaluation's metrics_full.json."""
+    try:
+        details = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvaluationError(f"{path}: not valid JSON ({exc})") from None
+    names = details.get("class_names") if isinstance(details, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise EvaluationError(f"{path}: has no 'class_names' list: not a clip-har evaluation")
+    return names
+
+
+def _predictions(path: Path, class_names: list[str]) -> pd.DataFrame:
+    """An evaluation's predictions.csv, checked: the columns compare needs, and labels and
+    predictions that are among ``class_names``."""
     text = {"label": "string", "predicted": "string", "sha256": "string", "path": "string"}
-    predictions = pd.read_csv(files[0], dtype=text)
-    return Evaluation(reference, predictions, list(details["class_names"]))
+    try:
+        predictions = pd.read_csv(path, dtype=text)
+    except ValueError as exc:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        raise EvaluationError(f"{path}: not a readable CSV table ({exc})") from None
+    missing = sorted({"path", "label", "predicted"} - set(predictions.columns))
+    if missing:
+        raise EvaluationError(f"{path}: lacks the column(s) {', '.join(missing)}")
+    known = set(class_names)
+    for column in ("label", "predicted"):
+        stray = sorted(set(predictions[column].dropna()) - known)
+        if stray:
+            raise EvaluationError(
+                f"{path}: {column} {', '.join(map(repr, stray[:3]))} not among the classes of "
+                f"its {DETAILS_FILE}"
+            )
+    return predictions
 
 
 def _download_run(run_id: str, target: Path) -> Path:
@@ -99,7 +133,7 @@ def _paired(base: Evaluation, other: Evaluation) -> tuple[EvalArrays, EvalArrays
 
 
 def compare_evaluations(
-    references: list[str], output: Path, *, n_bootstrap: int = 1000, seed: int = 0
+    references: list[str], output: Path, *, n_bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> dict[str, Any]:
     """Compare every evaluation with the first; write ``compare.{json,md,html}`` + the plot."""
     if len(references) < 2:
@@ -113,7 +147,7 @@ def compare_evaluations(
         result = compare_predictions(a, b, n_bootstrap=n_bootstrap, seed=seed)
         rows.append({"baseline": base.name, "model": other.name, "unpaired": unmatched, **result})
     report = {"baseline": base.name, "comparisons": rows}
-    write_text_atomic(output / "compare.json", json.dumps(report, indent=2) + "\n")
+    write_json_atomic(output / "compare.json", report)
     plot = _delta_plot(rows, output / "compare_delta.png")
     write_text_atomic(output / "compare.md", _markdown(rows))
     write_text_atomic(output / "compare.html", _html(rows, plot))

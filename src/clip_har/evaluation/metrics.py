@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 from clip_har.errors import EvaluationError
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 
 __all__ = [
     "CONFIDENCE",
@@ -256,7 +257,7 @@ def compute_metrics(
     arrays: EvalArrays,
     *,
     top_k: Sequence[int] = (1, 3, 5),
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     bins: int = 15,
 ) -> dict[str, Any]:

@@ -6,7 +6,6 @@ See docs/evaluation.md#running-an-evaluation.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,11 +18,12 @@ import pandas as pd
 
 from clip_har.data.manifest import read_manifest
 from clip_har.errors import ClipHarError, EvaluationError
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 from clip_har.evaluation.metrics import EvalArrays, compute_metrics, summary
 from clip_har.evaluation.plots import write_plots
 from clip_har.evaluation.report import write_report
 from clip_har.inference.predictor import PredictOptions, Predictor
-from clip_har.io import write_text_atomic
+from clip_har.io import write_json_atomic, write_text_atomic
 from clip_har.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def evaluate(
     split: str = "test",
     format: str = "torch",
     options: PredictOptions | None = None,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     progress: Progress | None = None,
     tracker: Tracker | None = None,
@@ -169,8 +169,8 @@ def evaluate(
         name: {k: v for k, v in scores.items() if k in ("precision", "recall", "f1", "support")}
         for name, scores in metrics["per_class"].items()
     }
-    write_text_atomic(output / METRICS_FILE, _json(flat | {"per_class": per_class}))
-    write_text_atomic(output / DETAILS_FILE, _json(metrics | {"meta": meta}))
+    write_json_atomic(output / METRICS_FILE, flat | {"per_class": per_class}, sort_keys=True)
+    write_json_atomic(output / DETAILS_FILE, metrics | {"meta": meta}, sort_keys=True)
     write_text_atomic(
         output / PREDICTIONS_FILE, predictions.to_csv(index=False, lineterminator="\n")
     )
@@ -179,7 +179,3 @@ def evaluate(
         tracker.log_artifact(output, name="evaluation")
     rate = len(rows) / seconds if seconds > 0 else float("inf")
     return EvaluationOutcome(metrics, predictions, output, rate, unreadable, unknown)
-
-
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value, indent=2, sort_keys=True) + "\n"

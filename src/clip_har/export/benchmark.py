@@ -28,12 +28,12 @@ import torch
 
 from clip_har.config import split_commas
 from clip_har.devices import parse_device
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, UsageError
 from clip_har.export.energy import EnergyMeter, NvmlMeter, energy_meter
 from clip_har.export.images import sample_pixels
 from clip_har.inference.engines import EngineOptions, create_engine
-from clip_har.inference.formats import REFERENCE_FORMAT
-from clip_har.io import atomic_write, json_safe, write_text_atomic
+from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
+from clip_har.io import atomic_write, json_safe, write_json_atomic, write_text_atomic
 from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.version import __version__
 
@@ -48,6 +48,7 @@ __all__ = [
     "BenchmarkConfig",
     "BenchmarkResult",
     "benchmark_pixels",
+    "check_formats",
     "interleaved_timings",
     "latency_stats",
     "markdown_table",
@@ -75,22 +76,36 @@ def usable_cores() -> int:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> ``(1, 8, 32)``; every size a positive integer, duplicates dropped."""
+    """``"1,8,32"`` -> ``(1, 8, 32)``; every size a positive integer, duplicates dropped
+    (a :class:`UsageError` otherwise)."""
     sizes: list[int] = []
     for item in split_commas(text):
         try:
             size = int(item)
         except ValueError:
-            raise ClipHarError(
+            raise UsageError(
                 f"batch sizes must be positive integers separated by commas, got '{text}'"
             ) from None
         if size < 1:
-            raise ClipHarError(f"batch sizes must be at least 1, got {size} in '{text}'")
+            raise UsageError(f"batch sizes must be at least 1, got {size} in '{text}'")
         if size not in sizes:
             sizes.append(size)
     if not sizes:
-        raise ClipHarError(f"no batch sizes in '{text}' (e.g. 1,8,32)")
+        raise UsageError(f"no batch sizes in '{text}' (e.g. 1,8,32)")
     return tuple(sizes)
+
+
+def check_formats(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` without duplicates, each one an engine format (torch or an image export);
+    a :class:`UsageError` listing the choices otherwise, so a typo is never skipped."""
+    formats = tuple(dict.fromkeys(names))
+    choices = ", ".join(engine_formats())
+    if not formats:
+        raise UsageError(f"no formats to benchmark (choose from {choices})")
+    unknown = [name for name in formats if name not in engine_formats()]
+    if unknown:
+        raise UsageError(f"unknown format(s) {', '.join(unknown)} (choose from {choices})")
+    return formats
 
 
 @dataclass(frozen=True)
@@ -116,8 +131,7 @@ class BenchmarkConfig:
     energy_seconds: float = 2.0  # per format and batch size, when a power counter exists
 
     def __post_init__(self) -> None:
-        if not self.formats:
-            raise ClipHarError("no formats to benchmark")
+        check_formats(self.formats)
         if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
             raise ClipHarError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
         if self.threads is not None and self.threads < 1:
@@ -709,8 +723,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
 def write_outputs(payload: Mapping[str, Any], markdown: str, output: Path) -> dict[str, Path]:
     """benchmark.json, benchmark.md and benchmark.png in ``output``."""
     paths = {kind: output / name for kind, name in OUTPUT_FILES.items()}
-    text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    write_text_atomic(paths["json"], text)
+    write_json_atomic(paths["json"], payload)
     write_text_atomic(paths["markdown"], markdown)
     config = payload.get("config", {})
     title = (

@@ -11,7 +11,7 @@ from PIL import Image
 
 from clip_har.data.manifest import MANIFEST_FILE, read_manifest
 from clip_har.errors import ClipHarError
-from clip_har.imaging import IMAGE_EXTENSIONS, ImageConfig, ImageLoadError, Preprocessor, load_image
+from clip_har.imaging import ImageConfig, ImageLoadError, Preprocessor, images_under, load_image
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,7 @@ def image_files(data: Path) -> list[Path]:
         return [Path(p) for p in read_manifest(data)["path"]]
     if not data.is_dir():
         raise ClipHarError(f"image data not found: {data} (a folder of images or a manifest)")
-    return sorted(
-        p
-        for p in data.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
+    return images_under(data)
 
 
 def sample_pixels(

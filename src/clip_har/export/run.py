@@ -44,7 +44,7 @@ from clip_har.inference.formats import (
     format_names,
     get_format,
 )
-from clip_har.io import file_sha256
+from clip_har.io import file_sha256, replace_directory, staging_directory
 from clip_har.models.bundle import (
     EXPORTS_DIR,
     Bundle,
@@ -62,17 +62,20 @@ _PARITY_BATCH = 8
 Details = dict[str, str | int | float | bool]
 
 
+_DEFAULTS = ExportSettings()  # every default below is the params.yaml default
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """How to export: opset, parity images and gates, calibration, TensorRT precision."""
 
-    opset: int = 17
+    opset: int = _DEFAULTS.opset
     parity: ParitySettings = field(default_factory=ParitySettings)
     parity_data: Path | None = None
-    parity_count: int = 32
+    parity_count: int = _DEFAULTS.parity_images
     calibration: Path | None = None
-    calibration_method: CalibrationName = "minmax"
-    calibration_count: int = 64
+    calibration_method: CalibrationName = _DEFAULTS.calibration
+    calibration_count: int = _DEFAULTS.calibration_images
     tensorrt_precision: Literal["fp16", "int8"] = "fp16"
     threads: int | None = None
     seed: int = 0
@@ -365,16 +368,11 @@ def copy_bundle(source: str | Path, target: Path, *, overwrite: bool = False) ->
     bundle = open_bundle(source)
     if target.exists() and not overwrite:
         raise ClipHarError(f"{target} already exists (use --force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        shutil.copytree(bundle.directory, staging / "b", ignore=shutil.ignore_patterns(EXPORTS_DIR))
-        record_exports(open_bundle(staging / "b"), [], replace=True)
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / "b").rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    skipped = shutil.ignore_patterns(EXPORTS_DIR)
+    with staging_directory(target) as staging:
+        shutil.copytree(bundle.directory, staging, ignore=skipped, dirs_exist_ok=True)
+        record_exports(open_bundle(staging), [], replace=True)
+        replace_directory(staging, target)
     return target
 
 

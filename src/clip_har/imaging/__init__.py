@@ -10,6 +10,8 @@ from clip_har.imaging.loading import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
     IMAGE_EXTENSIONS,
+    has_image_name,
+    images_under,
     load_image,
 )
 from clip_har.imaging.preprocess import Preprocessor
@@ -21,6 +23,8 @@ __all__ = [
     "ImageConfig",
     "ImageLoadError",
     "Preprocessor",
+    "has_image_name",
+    "images_under",
     "load_image",
     "to_rgb",
 ]

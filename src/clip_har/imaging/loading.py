@@ -34,6 +34,17 @@ IMAGE_EXTENSIONS = frozenset(
 )
 """File suffixes treated as images by every command that searches a folder."""
 
+
+def has_image_name(path: Path) -> bool:
+    """An image suffix on a visible name (``.``-files such as macOS ``._x.jpg`` are metadata)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Every image file below ``folder`` (recursive), sorted."""
+    return sorted(p for p in folder.rglob("*") if has_image_name(p) and p.is_file())
+
+
 DEFAULT_MIN_SIDE = 32
 """Images whose shorter side is below this many pixels are rejected (``data.min_image_side``)."""
 DEFAULT_MAX_PIXELS = 64_000_000

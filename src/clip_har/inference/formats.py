@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from clip_har.devices import parse_device
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, RegistryError
 from clip_har.inference.signature import IMAGE_SIGNATURE, TEXT_SIGNATURE, Signature
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -47,7 +47,8 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ClipHarError(f"threads must be at least 1, got {self.threads}")
-        parse_device(self.device)  # raises UsageError naming the accepted devices
+        # canonical name ("cuda:0", never " cuda"); raises UsageError naming the accepted ones
+        object.__setattr__(self, "device", str(parse_device(self.device)))
 
 
 # (artifact file, format name, options) -> engine; export's parity gate uses it too
@@ -77,10 +78,11 @@ class FormatSpec:
     engine: ArtifactFactory | None = None  # None: not an image engine (the text encoder)
     companions: tuple[str, ...] = ()  # further files the exporter writes next to ``file``
     requires: tuple[Requirement, ...] = ()
+    summary: str = ""  # how it is built, for `clip-har formats` and the docs table
 
     def __post_init__(self) -> None:
         if not self.name or self.name == REFERENCE_FORMAT or not self.precisions:
-            raise ClipHarError(f"invalid format spec: {self}")
+            raise RegistryError(f"invalid format spec: {self}")
 
     @property
     def is_image(self) -> bool:
@@ -99,11 +101,11 @@ _FORMATS: dict[str, FormatSpec] = {}
 def register_format(spec: FormatSpec) -> FormatSpec:
     """Add ``spec`` to the registry; names and files must be new."""
     if spec.name in _FORMATS:
-        raise ClipHarError(f"format '{spec.name}' is already registered")
+        raise RegistryError(f"format '{spec.name}' is already registered")
     taken = {name for other in _FORMATS.values() for name in (other.file, *other.companions)}
     clash = sorted(taken & {spec.file, *spec.companions})
     if clash:
-        raise ClipHarError(f"format '{spec.name}': file(s) {', '.join(clash)} already taken")
+        raise RegistryError(f"format '{spec.name}': file(s) {', '.join(clash)} already taken")
     _FORMATS[spec.name] = spec
     return spec
 
@@ -123,11 +125,50 @@ def engine_formats() -> tuple[str, ...]:
     return (REFERENCE_FORMAT, *(spec.name for spec in _FORMATS.values() if spec.is_image))
 
 
+RUNTIME_NAMES: dict[str, str] = {
+    "onnxruntime": "ONNX Runtime",
+    "torchscript": "TorchScript",
+    "tensorrt": "TensorRT",
+}
+
+
+def format_rows() -> list[dict[str, str]]:
+    """One row per registered format: what `clip-har formats` shows and the docs table holds."""
+    return [
+        {
+            "format": spec.name,
+            "file": " + ".join((spec.file, *spec.companions)),
+            "precision": " / ".join(spec.precisions),
+            "runtime": RUNTIME_NAMES.get(spec.runtime, spec.runtime),
+            "needs": ", ".join(need.name for need in spec.requires),
+            "how": spec.summary,
+        }
+        for spec in _FORMATS.values()
+    ]
+
+
+def formats_markdown() -> str:
+    """The registry as a Markdown table (docs/export.md embeds it; a test keeps it current)."""
+    rows = format_rows()
+    head = list(rows[0])
+    lines = [_markdown_row(head), "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row[key] for key in head]
+        cells[0] = f"`{row['format']}`"
+        cells[1] = " + ".join(f"`{name}`" for name in row["file"].split(" + "))
+        lines.append(_markdown_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+
 def get_format(name: str) -> FormatSpec:
     """The spec of ``name``; an unknown name lists the registered ones."""
     spec = _FORMATS.get(name)
     if spec is None:
-        raise ClipHarError(f"unknown format '{name}' (registered: {', '.join(_FORMATS)})")
+        raise RegistryError(f"unknown format '{name}' (registered: {', '.join(_FORMATS)})")
     return spec
 
 
@@ -164,19 +205,68 @@ def _tensorrt_missing(purpose: str) -> str | None:
 CUDA_TENSORRT = Requirement("CUDA + TensorRT", _tensorrt_missing)
 
 for _spec in (
-    FormatSpec("onnx", "model.onnx", ("fp32",), "onnxruntime", engine=_onnx_engine),
-    FormatSpec("onnx-opt", "model.opt.onnx", ("fp32",), "onnxruntime", engine=_onnx_engine),
-    FormatSpec("onnx-int8", "model.int8.onnx", ("int8",), "onnxruntime", engine=_onnx_engine),
+    FormatSpec(
+        "onnx",
+        "model.onnx",
+        ("fp32",),
+        "onnxruntime",
+        engine=_onnx_engine,
+        summary=(
+            "`torch.onnx.export` (TorchScript-based exporter), opset ≥ 17, `onnx.checker` (full "
+            "check)"
+        ),
+    ),
+    FormatSpec(
+        "onnx-opt",
+        "model.opt.onnx",
+        ("fp32",),
+        "onnxruntime",
+        engine=_onnx_engine,
+        summary=(
+            'ONNX Runtime transformer optimiser (`model_type="clip"`): fused `Attention`, '
+            "`SkipLayerNormalization`, `QuickGelu`"
+        ),
+    ),
+    FormatSpec(
+        "onnx-int8",
+        "model.int8.onnx",
+        ("int8",),
+        "onnxruntime",
+        engine=_onnx_engine,
+        summary=(
+            "ORT dynamic quantisation: int8 weights of constant-weight MatMuls, activations "
+            "quantised per call"
+        ),
+    ),
     FormatSpec(
         "onnx-int8-static",
         "model.int8-static.onnx",
         ("int8",),
         "onnxruntime",
         engine=_onnx_engine,
+        summary=(
+            "ORT static QDQ, symmetric signed int8, weights per channel, activation ranges "
+            "calibrated on `--calibration` images (MinMax, Entropy or Percentile)"
+        ),
     ),
-    FormatSpec("onnx-fp16", "model.fp16.onnx", ("fp16",), "onnxruntime", engine=_onnx_engine),
     FormatSpec(
-        "torchscript", "model.torchscript.pt", ("fp32",), "torchscript", engine=_torchscript_engine
+        "onnx-fp16",
+        "model.fp16.onnx",
+        ("fp16",),
+        "onnxruntime",
+        engine=_onnx_engine,
+        summary=(
+            "the optimised graph converted to fp16 with fp32 inputs and outputs (for "
+            "CUDA/TensorRT providers)"
+        ),
+    ),
+    FormatSpec(
+        "torchscript",
+        "model.torchscript.pt",
+        ("fp32",),
+        "torchscript",
+        engine=_torchscript_engine,
+        summary="`torch.jit.trace` of the same module",
     ),
     FormatSpec(
         "tensorrt",
@@ -185,6 +275,11 @@ for _spec in (
         "tensorrt",
         engine=_tensorrt_engine,
         requires=(CUDA_TENSORRT,),
+        summary=(
+            "TensorRT Python API from the fp32 ONNX (fp16, the default) or from the static QDQ "
+            "ONNX (int8, explicit quantisation; `--tensorrt-precision`); one optimisation "
+            "profile, batch 1/8/32"
+        ),
     ),
     FormatSpec(
         TEXT_FORMAT,
@@ -193,6 +288,11 @@ for _spec in (
         "onnxruntime",
         signature=TEXT_SIGNATURE,
         companions=(TOKENIZER_FILE,),
+        summary=(
+            "the text tower (`input_ids`, `attention_mask` → normalised `text_embeddings`) and "
+            "the fast tokenizer file; not an image engine: it serves open-vocabulary labels "
+            "behind an ONNX image engine"
+        ),
     ),
 ):
     register_format(_spec)

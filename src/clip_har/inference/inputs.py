@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clip_har.imaging import IMAGE_EXTENSIONS
+from clip_har.imaging import images_under
 
 
 @dataclass
@@ -35,21 +35,15 @@ def collect_inputs(inputs: Iterable[str]) -> CollectedInputs:
         if path.is_file():
             add([path])
         elif path.is_dir():
-            add(_images_under(path))
+            add(images_under(path))
         else:
             pattern = str(path)  # a user's glob may be absolute, so Path.glob does not fit
             matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))  # noqa: PTH207
             files = [m for m in matches if m.is_file()]
             for folder in (m for m in matches if m.is_dir()):
-                files.extend(_images_under(folder))
+                files.extend(images_under(folder))
             if files:
                 add(files)
             else:
                 found.unmatched.append(item)
     return found
-
-
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_har.devices import parse_device
 from clip_har.errors import ClipHarError
 from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUT
 from clip_har.lru import BatchLru
@@ -33,14 +34,14 @@ def execution_providers(device: str, requested: Sequence[str] | None = None) -> 
                 "onnxruntime-gpu on a CUDA machine"
             )
         return list(requested)
-    if device == "cpu":
+    parsed = parse_device(device)
+    if not parsed.is_cuda:
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
         raise ClipHarError(
             f"device '{device}' needs onnxruntime-gpu (available providers: {', '.join(available)})"
         )
-    index = int(device.partition(":")[2] or 0)
-    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": parsed.cuda_index}), "CPUExecutionProvider"]
 
 
 def open_session(

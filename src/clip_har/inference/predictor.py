@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from clip_har.config import DataSettings, PredictSettings, Settings
-from clip_har.errors import ClipHarError, ImageProblem
+from clip_har.errors import ClipHarError, ConfigError, ImageProblem
 from clip_har.imaging import ImageConfig, ImageLoadError, Preprocessor, load_image
 from clip_har.inference.engines import Engine, EngineOptions, TorchEngine, create_engine
 from clip_har.inference.formats import REFERENCE_FORMAT, TEXT_FORMAT, get_format
@@ -59,7 +59,7 @@ class PredictOptions:
 
     def __post_init__(self) -> None:
         if min(self.top_k, self.batch_size, self.min_side, self.max_pixels) < 1:
-            raise ValueError(f"all prediction options must be at least 1: {self}")
+            raise ConfigError(f"all prediction options must be at least 1: {self}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> PredictOptions:

@@ -187,6 +187,7 @@ def _load_directory(spec: str, directory: Path, identity: str | None) -> Backbon
             f"{directory} has no *.safetensors weights (pickle .bin weights are not loaded)"
         )
     image_config = _read_image_config(preprocessor)  # before the weights: fail fast
+    random_weights = _has_random_weights(directory / PRESET_MARKER)
     try:
         model = AutoModel.from_pretrained(directory, dtype=torch.float32).eval()
     except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' many ways to fail
@@ -197,21 +198,38 @@ def _load_directory(spec: str, directory: Path, identity: str | None) -> Backbon
                 f"{type(model).__name__} from {directory} has no {method}(): "
                 "not a CLIP-like image-text model"
             )
-    marker = directory / PRESET_MARKER
-    random_weights = marker.is_file() and json.loads(marker.read_text()).get(
-        "random_weights", False
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except Exception as exc:  # tokenizers raises bare Exceptions too
+        raise ModelUnavailableError(f"{directory}: cannot load the tokenizer: {exc}") from None
     backbone = Backbone(
         spec=spec,
         model=model,
-        tokenizer=AutoTokenizer.from_pretrained(directory),
+        tokenizer=tokenizer,
         image_config=image_config,
         fingerprint=identity or f"sha256:{content_hash(directory)}",
-        random_weights=bool(random_weights),
+        random_weights=random_weights,
         source_dir=directory,
     )
     log.info("loaded backbone %s (%s)", backbone.label, backbone.fingerprint)
     return backbone
+
+
+def _has_random_weights(marker: Path) -> bool:
+    """Whether a preset marker (``clip_har_preset.json``) says the weights are random;
+    ``False`` without a marker."""
+    if not marker.is_file():
+        return False
+    try:
+        content = json.loads(marker.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelUnavailableError(f"{marker}: not valid JSON ({exc})") from None
+    flag = content.get("random_weights", False) if isinstance(content, dict) else None
+    if not isinstance(flag, bool):
+        raise ModelUnavailableError(
+            f"{marker}: not a preset marker (a JSON object whose 'random_weights' is true or false)"
+        )
+    return flag
 
 
 def _read_image_config(path: Path) -> ImageConfig:

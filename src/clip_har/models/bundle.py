@@ -9,7 +9,6 @@ import copy
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,14 @@ from safetensors.torch import load_file, save_file
 
 from clip_har.errors import BundleError
 from clip_har.imaging import ImageConfig
-from clip_har.io import file_sha256, git_commit, write_text_atomic
+from clip_har.io import (
+    file_lock,
+    file_sha256,
+    git_commit,
+    replace_directory,
+    staging_directory,
+    write_text_atomic,
+)
 from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
 from clip_har.models.classifier import HARClassifier
 from clip_har.models.heads import Head, head_class
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_LOCK = "manifest.json.lock"  # held while the manifest is read, changed, rewritten
 HEAD_FILE = "head.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 BACKBONE_DIR = "backbone"
@@ -308,11 +315,16 @@ def open_bundle(directory: str | Path) -> Bundle:
 
 def record_exports(bundle: Bundle, records: list[ExportRecord], *, replace: bool = False) -> Bundle:
     """Add (or replace) export records in the manifest, rewriting it atomically;
-    ``replace`` drops every earlier record first."""
-    exports = {} if replace else dict(bundle.manifest.exports)
-    exports.update({record.format: record for record in records})
-    manifest = bundle.manifest.model_copy(update={"exports": exports})
-    write_text_atomic(bundle.directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+    ``replace`` drops every earlier record first.
+
+    The manifest is re-read under a lock (:data:`MANIFEST_LOCK`), so concurrent exports
+    of one bundle each add their records instead of overwriting the others'."""
+    with file_lock(bundle.directory / MANIFEST_LOCK):
+        current = open_bundle(bundle.directory).manifest
+        exports = {} if replace else dict(current.exports)
+        exports.update({record.format: record for record in records})
+        manifest = current.model_copy(update={"exports": exports})
+        write_text_atomic(bundle.directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return open_bundle(bundle.directory)
 
 
@@ -361,9 +373,7 @@ def save_bundle(
             **(lineage or {}),
         ),
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staging_directory(target) as staging:
         tensors = {name: tensor.contiguous() for name, tensor in head.state_dict().items()}
         save_file(tensors, staging / HEAD_FILE, metadata={"head_type": head.head_type})
         if encoder is not None:
@@ -372,23 +382,9 @@ def save_bundle(
         if include_backbone:
             shutil.copytree(backbone.source_dir, staging / BACKBONE_DIR)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
-        _replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        replace_directory(staging, target)
     log.info("saved bundle %s (%d classes)", target, len(manifest.class_names))
     return open_bundle(target)
-
-
-def _replace(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an old ``target`` is removed only after the move."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    retired = target.with_name(f".{target.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    target.rename(retired)
-    staging.rename(target)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _hub_revision(fingerprint: str) -> str | None:

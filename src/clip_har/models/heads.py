@@ -13,7 +13,7 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import nn
 
-from clip_har.errors import HeadShapeError
+from clip_har.errors import HeadShapeError, RegistryError
 
 
 class Head(nn.Module, ABC):
@@ -59,17 +59,18 @@ def register_head(cls: HeadT) -> HeadT:
     ``head_type``, so bundles can name it and :func:`head_class` can rebuild it."""
     name = cls.head_type
     if HEADS.get(name, cls) is not cls:
-        raise ValueError(f"head type {name!r} is already registered by {HEADS[name].__name__}")
+        raise RegistryError(f"head type {name!r} is already registered by {HEADS[name].__name__}")
     HEADS[name] = cls
     return cls
 
 
 def head_class(name: str) -> type[Head]:
-    """The registered head class called ``name``."""
+    """The registered head class called ``name``; a :class:`RegistryError` lists the
+    registered ones otherwise."""
     try:
         return HEADS[name]
     except KeyError:
-        raise ValueError(f"unknown head type {name!r}; registered: {', '.join(HEADS)}") from None
+        raise RegistryError(f"unknown head type {name!r}; registered: {', '.join(HEADS)}") from None
 
 
 def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:

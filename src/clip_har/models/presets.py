@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 
 from clip_har.errors import ModelUnavailableError
 from clip_har.imaging import ImageConfig
+from clip_har.io import replace_directory, staging_directory
 from clip_har.resources import configs_dir
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,7 @@ def ensure_preset(name: str, cache_dir: Path) -> Path:
     target = preset_dir(name, cache_dir)
     if (target / PRESET_MARKER).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with staging_directory(target) as staging:
         _build(PRESETS[name], staging)
         if not (staging / "config.json").is_file():
             # transformers writes weights only on rank 0 once torch.distributed is up
@@ -70,13 +67,9 @@ def ensure_preset(name: str, cache_dir: Path) -> Path:
                 f"preset {name} could not be written from this process (a torch.distributed "
                 "rank other than 0): load it on rank 0 first"
             )
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first; keep its copy
-            if not (target / PRESET_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if (target / PRESET_MARKER).is_file():  # another process finished first; keep its copy
+            return target
+        replace_directory(staging, target)  # also replaces an unfinished copy
     log.info("built preset %s in %s", name, target)
     return target
 

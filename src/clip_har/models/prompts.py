@@ -69,7 +69,10 @@ def load_class_names(name_or_path: str | Path) -> list[str]:
 
 
 def parse_class_names(text: str, source: str = "labels") -> list[str]:
-    """``"running, eating"`` (an option such as ``--labels``) -> checked class names."""
+    """``"running, eating"`` (an option such as ``--labels``) -> checked class names.
+
+    Split here, not with ``config.split_commas``: that drops blank items, and a blank class
+    name (``"a,,b"``, a trailing comma) must be an error, not skipped."""
     return validate_class_names(text.split(","), source=source)
 
 

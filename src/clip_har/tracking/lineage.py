@@ -8,7 +8,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from clip_har.io import git_output
+from clip_har.io import git_commit, git_output
 from clip_har.tracking.base import ParamValue, flatten
 from clip_har.version import __version__
 
@@ -23,7 +23,7 @@ def run_tags(*, backbone_fingerprint: str | None, data_version: str | None) -> d
     import torch
 
     tags = {"torch_version": str(torch.__version__), "host": socket.gethostname()}
-    commit = (git_output("rev-parse", "HEAD") or "").strip()
+    commit = git_commit()
     if commit:
         tags["git_commit"] = commit
         status = git_output("status", "--porcelain", "--untracked-files=no")

@@ -22,7 +22,7 @@ from safetensors.torch import save as serialize
 from clip_har.data.datasets import ManifestDataset, make_loader
 from clip_har.errors import FeatureStoreError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageConfig, Preprocessor
-from clip_har.io import atomic_write, write_text_atomic
+from clip_har.io import atomic_write, write_json_atomic
 from clip_har.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class FeatureStore:
             },
             "image_config": self.backbone.image_config.model_dump(mode="json"),
         }
-        write_text_atomic(info, json.dumps(description, indent=2) + "\n")
+        write_json_atomic(info, description)
 
     # ------------------------------------------------------------------ reading
 

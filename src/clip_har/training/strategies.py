@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from clip_har.config import TrainSettings
-from clip_har.errors import ConfigError, TrainingError
+from clip_har.errors import RegistryError, TrainingError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from clip_har.models.backbone import Backbone
 from clip_har.models.bundle import EncoderDelta, EncoderMethod
@@ -293,7 +293,7 @@ def register_strategy(
 
     def register(fit: StrategyFn) -> StrategyFn:
         if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
+            raise RegistryError(f"strategy {name!r} is already registered")
         STRATEGIES[name] = Strategy(name, fit, summary, end_to_end, weighted)
         return fit
 
@@ -301,12 +301,12 @@ def register_strategy(
 
 
 def get_strategy(name: str) -> Strategy:
-    """The registered strategy ``name``; a :class:`ConfigError` naming the setting and
+    """The registered strategy ``name``; a :class:`RegistryError` naming the setting and
     every registered name otherwise."""
     try:
         return STRATEGIES[name]
     except KeyError:
-        raise ConfigError(
+        raise RegistryError(
             f"unknown strategy {name!r} (params.yaml train.strategy, or --strategy); "
             f"choose one of: {', '.join(STRATEGIES)}"
         ) from None

@@ -626,12 +626,18 @@ class Trainer:
         (collective); None when there is none yet."""
         path = self._checkpoint_path()
         payload: dict[str, Any] | None = None
+        problem: str | None = None
         if self.dist.is_main and path.is_file():
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = broadcast_object(
-            None if payload is None else {k: v for k, v in payload.items() if k not in _HEAVY_KEYS},
-            self.dist,
+            try:
+                payload = _read_checkpoint(path)
+            except TrainingError as exc:  # every rank must learn it, or the others wait forever
+                problem = str(exc)
+        light = (
+            None if payload is None else {k: v for k, v in payload.items() if k not in _HEAVY_KEYS}
         )
+        problem, meta = broadcast_object((problem, light), self.dist)
+        if problem is not None:
+            raise TrainingError(problem)
         if meta is None:
             self._info("no checkpoint at %s: starting from scratch", path)
             return None
@@ -725,6 +731,22 @@ def _generators(train: DataLoader[Any]) -> dict[str, torch.Generator]:
         ):
             found[name] = generator
     return found
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's payload; a :class:`TrainingError` naming the file when it is not one
+    (truncated, overwritten, not written by clip-har)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types: RuntimeError, UnpicklingError, EOFError
+        # torch's own messages suggest weights_only=False: unsafe advice for a damaged file
+        raise TrainingError(
+            f"{path}: not a readable checkpoint (damaged, or not written by clip-har: "
+            f"{type(exc).__name__}); delete it to start over"
+        ) from None
+    if not isinstance(payload, dict):
+        raise TrainingError(f"{path}: not a clip-har checkpoint (a {type(payload).__name__})")
+    return payload
 
 
 def _rng_state(train: DataLoader[Any], device: torch.device) -> dict[str, Any]:
