@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from clip_har.config import Settings, load_settings
 from clip_har.errors import ClipHarError, ConfigError, UsageError
+from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 
 if TYPE_CHECKING:
     from typer._click.core import Context as ClickContext  # Typer vendors Click
@@ -113,6 +114,17 @@ def one_of(choices: Sequence[str]) -> Callable[[str], str]:
 def choice_metavar(choices: Sequence[str]) -> str:
     """``[a|b|c]``: how the help shows a choice option."""
     return f"[{'|'.join(choices)}]"
+
+
+def model_format_option() -> Any:
+    """``--format``: the model format, ``torch`` or a registered export (checked on parsing)."""
+    return typer.Option(
+        REFERENCE_FORMAT,
+        "--format",
+        parser=one_of(engine_formats()),
+        metavar="FORMAT",
+        help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
+    )
 
 
 def drop_none(section: dict[str, Any]) -> dict[str, Any]:

@@ -13,12 +13,11 @@ from clip_har.cli.common import (
     console,
     drop_none,
     err_console,
-    one_of,
+    model_format_option,
     settings_from,
 )
 from clip_har.errors import UsageError
 from clip_har.evaluation import BOOTSTRAP_RESAMPLES
-from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 
 app = typer.Typer(
     help="Evaluate a bundle on a manifest (or `evaluate compare` evaluations).",
@@ -34,13 +33,7 @@ def evaluate(
         None, "--data", "-d", help="Manifest folder (from data import|validate|split)."
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate, or 'all'."),
-    format: str = typer.Option(
-        REFERENCE_FORMAT,
-        "--format",
-        parser=one_of(engine_formats()),
-        metavar="FORMAT",
-        help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
-    ),
+    format: str = model_format_option(),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the results."),
     batch_size: int | None = typer.Option(
         None,

@@ -13,14 +13,14 @@ from clip_har.cli.common import (
     console,
     drop_none,
     err_console,
-    one_of,
+    model_format_option,
     settings_from,
 )
 from clip_har.cli.output import Rendering, to_csv, to_json, to_table, write_results
 from clip_har.config import Settings
 from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.engines import EngineOptions
-from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
+from clip_har.inference.formats import REFERENCE_FORMAT
 from clip_har.inference.inputs import collect_inputs
 from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
 from clip_har.models.prompts import load_prompt_set, parse_class_names, resolve_class_names
@@ -45,13 +45,7 @@ def predict(
         None, "--output", "-o", help="Also write results to a .csv or .json file."
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
-    model_format: str = typer.Option(
-        REFERENCE_FORMAT,
-        "--format",
-        parser=one_of(engine_formats()),
-        metavar="FORMAT",
-        help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
-    ),
+    model_format: str = model_format_option(),
     force: bool = typer.Option(
         False, "--force", help="Use an export even if it failed its parity gate."
     ),

@@ -28,11 +28,11 @@ import torch
 
 from clip_har.config import split_commas
 from clip_har.devices import parse_device
-from clip_har.errors import ClipHarError, UsageError
+from clip_har.errors import ClipHarError, RegistryError, UsageError
 from clip_har.export.energy import EnergyMeter, NvmlMeter, energy_meter
 from clip_har.export.images import sample_pixels
 from clip_har.inference.engines import EngineOptions, create_engine
-from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
+from clip_har.inference.formats import REFERENCE_FORMAT, check_format_names, engine_formats
 from clip_har.io import atomic_write, json_safe, write_json_atomic, write_text_atomic
 from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.version import __version__
@@ -98,14 +98,10 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def check_formats(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` without duplicates, each one an engine format (torch or an image export);
     a :class:`UsageError` listing the choices otherwise, so a typo is never skipped."""
-    formats = tuple(dict.fromkeys(names))
-    choices = ", ".join(engine_formats())
-    if not formats:
-        raise UsageError(f"no formats to benchmark (choose from {choices})")
-    unknown = [name for name in formats if name not in engine_formats()]
-    if unknown:
-        raise UsageError(f"unknown format(s) {', '.join(unknown)} (choose from {choices})")
-    return formats
+    try:
+        return tuple(check_format_names(names, engine_formats(), "format(s)"))
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True)

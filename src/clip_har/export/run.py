@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import torch
 
-from clip_har.config import CalibrationName, ExportSettings, ParitySettings, split_commas
+from clip_har.config import CalibrationName, ExportSettings, ParitySettings
 from clip_har.errors import ClipHarError
 from clip_har.export.images import sample_pixels
 from clip_har.export.onnx import (
@@ -41,6 +41,7 @@ from clip_har.inference.formats import (
     EngineOptions,
     FormatSpec,
     Precision,
+    check_format_names,
     format_names,
     get_format,
 )
@@ -107,17 +108,9 @@ class ExportSummary:
         return [name for name, record in self.records.items() if not record.passed]
 
 
-def parse_formats(names: str | Sequence[str]) -> list[str]:
-    """``export.formats`` (a list) or ``"onnx,onnx-int8"`` -> a checked, de-duplicated list."""
-    items = split_commas(names) if isinstance(names, str) else names
-    formats = list(dict.fromkeys(name.strip() for name in items if name.strip()))
-    choices = ", ".join(format_names())
-    if not formats:
-        raise ClipHarError(f"no export formats given (choose from {choices})")
-    unknown = [name for name in formats if name not in format_names()]
-    if unknown:
-        raise ClipHarError(f"unknown export format(s) {', '.join(unknown)} (choose from {choices})")
-    return formats
+def parse_formats(names: Sequence[str]) -> list[str]:
+    """``export.formats`` -> a checked, de-duplicated list of registered format names."""
+    return check_format_names(names, format_names(), "export format(s)")
 
 
 class ExportSession:
@@ -324,7 +317,7 @@ def register_exporter(name: str, exporter: Exporter) -> Exporter:
 
 def export_bundle(
     directory: str | Path,
-    formats: str | Sequence[str],
+    formats: Sequence[str],
     options: ExportOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ExportSummary:

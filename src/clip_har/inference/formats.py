@@ -6,7 +6,7 @@ See docs/inference.md#the-format-registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -162,6 +162,19 @@ def formats_markdown() -> str:
 
 def _markdown_row(cells: list[str]) -> str:
     return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+
+def check_format_names(names: Sequence[str], choices: Sequence[str], what: str) -> list[str]:
+    """``names`` stripped and de-duplicated, each one of ``choices``; otherwise a
+    :class:`RegistryError` that lists the choices (``what`` names the list in the message)."""
+    picked = list(dict.fromkeys(name.strip() for name in names if name.strip()))
+    listed = ", ".join(choices)
+    if not picked:
+        raise RegistryError(f"no {what} given (choose from {listed})")
+    unknown = [name for name in picked if name not in choices]
+    if unknown:
+        raise RegistryError(f"unknown {what} {', '.join(unknown)} (choose from {listed})")
+    return picked
 
 
 def get_format(name: str) -> FormatSpec:
