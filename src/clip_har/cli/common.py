@@ -88,12 +88,12 @@ def settings_from(ctx: typer.Context, overrides: dict[str, Any] | None = None) -
     :class:`UsageError`; a broken params file or environment stays a ``ConfigError``.
     """
     params: Path | None = (ctx.find_root().obj or {}).get("params")
-    if not overrides:
-        return load_settings(params)
-    load_settings(params)
     try:
         return load_settings(params, overrides=overrides)
     except ConfigError as exc:
+        if not overrides:
+            raise
+        load_settings(params)  # raises when the file or environment is at fault
         problems = "\n".join(f"  {problem}" for problem in exc.problems) or str(exc)
         raise UsageError(f"invalid option value:\n{problems}") from None
 

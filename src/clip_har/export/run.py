@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from clip_har.config import CalibrationName, ExportSettings, ParitySettings
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, RegistryError
 from clip_har.export.images import sample_pixels
 from clip_har.export.onnx import (
     ImageExport,
@@ -310,7 +310,7 @@ def register_exporter(name: str, exporter: Exporter) -> Exporter:
     :func:`clip_har.inference.formats.register_format`."""
     get_format(name)  # raises for an unregistered name
     if name in EXPORTERS:
-        raise ClipHarError(f"format '{name}' already has an exporter")
+        raise RegistryError(f"format '{name}' already has an exporter")
     EXPORTERS[name] = exporter
     return exporter
 
