@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 demo: install
 	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<image folder>"; exit 2; }
 	$(BIN)/clip-har bundle create --model $(MODEL) -o $(OUT)/bundle --force
-	$(BIN)/clip-har predict "$(DATA)" --bundle $(OUT)/bundle -o $(OUT)/predictions.csv
-	$(BIN)/clip-har data import "$(DATA)" -o $(OUT)/data/imported
+	$(BIN)/clip-har predict "$(DATA)" --bundle $(OUT)/bundle -o $(OUT)/predictions.csv --force
+	$(BIN)/clip-har data import "$(DATA)" -o $(OUT)/data/imported --force
 	@labelled=$$($(BIN)/clip-har data has-labels $(OUT)/data/imported) || exit 1; \
 	if [ "$$labelled" = yes ]; then \
 		$(MAKE) --no-print-directory demo-train; \
@@ -36,8 +36,8 @@ demo: install
 	fi
 
 demo-train: install
-	$(BIN)/clip-har data validate $(OUT)/data/imported -o $(OUT)/data/validated
-	$(BIN)/clip-har data split $(OUT)/data/validated -o $(OUT)/data/split
+	$(BIN)/clip-har data validate $(OUT)/data/imported -o $(OUT)/data/validated --force
+	$(BIN)/clip-har data split $(OUT)/data/validated -o $(OUT)/data/split --force
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlruns.db $(BIN)/clip-har train \
 		-d $(OUT)/data/split -o $(OUT)/trained --model $(MODEL) --strategy $(STRATEGY) --force
 

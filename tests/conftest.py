@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,3 +125,21 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def runnable_commands(app: Any) -> dict[str, Any]:
+    """Every runnable command of a Typer app by its words (``"data split"``): the leaves,
+    and the groups that run on their own (``train``, ``evaluate``)."""
+    from typer.main import get_command
+
+    def walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            yield " ".join(path), command
+            return
+        if path and command.invoke_without_command:
+            yield " ".join(path), command
+        for name, sub in sorted(subcommands.items()):
+            yield from walk(sub, (*path, name))
+
+    return dict(walk(get_command(app), ()))

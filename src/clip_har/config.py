@@ -23,21 +23,25 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from clip_har.errors import ConfigError
 from clip_har.imaging.loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from clip_har.io import read_text_input
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 DEFAULT_NEAR_DISTANCE = 4  # bits between perceptual hashes of near duplicates
 DEFAULT_SPLIT_RATIOS = (0.7, 0.15, 0.15)  # train, val, test
 
-_params_file: ContextVar[Path | None] = ContextVar("clip_har_params_file", default=None)
+# the parsed params file of the load_settings call in progress (read once, by _read_params_file)
+_params_document: ContextVar[dict[str, Any] | None] = ContextVar(
+    "clip_har_params_document", default=None
+)
 
 
 def split_commas(text: str) -> list[str]:
@@ -206,9 +210,9 @@ class ExportSettings(_Section):
         "`clip-har export --help`); checked against the registry when the export starts.",
     )
     opset: int = Field(17, ge=17, description="ONNX opset.")
-    parity_images: int = Field(32, ge=1, description="Images each artifact is checked on.")
+    parity_images: int = Field(32, ge=1, le=4096, description="Images each artifact is checked on.")
     calibration: CalibrationName = "minmax"
-    calibration_images: int = Field(64, ge=1, description="Images for static int8 ranges.")
+    calibration_images: int = Field(64, ge=1, le=4096, description="Images for static int8 ranges.")
     parity: ParitySettings = ParitySettings()
 
 
@@ -243,9 +247,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        params = _params_file.get()
-        if params is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=params))
+        document = _params_document.get()
+        if document is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=document))
         return tuple(sources)
 
 
@@ -267,9 +271,7 @@ def load_settings(
 ) -> Settings:
     """Load settings; ``overrides`` is a nested dict such as ``{"predict": {"top_k": 3}}``."""
     path = _find_params_file(params_file)
-    if path is not None:
-        _check_params_file(path)
-    token = _params_file.set(path)
+    token = _params_document.set(_read_params_file(path) if path is not None else None)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
@@ -277,26 +279,52 @@ def load_settings(
         problems = _describe(exc)
         lines = "\n".join(f"  {problem}" for problem in problems)
         raise ConfigError(f"invalid settings{where}:\n{lines}", problems=problems) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse {path}: {exc}") from None
     finally:
-        _params_file.reset(token)
+        _params_document.reset(token)
 
 
-def _check_params_file(path: Path) -> None:
-    """Refuse, naming the file, what the YAML settings source would report badly: bytes
-    that are not UTF-8, invalid YAML, and a document that is not a mapping of sections."""
+def _read_params_file(path: Path) -> dict[str, Any]:
+    """The params file as a mapping of sections, read once (a BOM is dropped). Refused,
+    naming the file: bytes that are not UTF-8, invalid YAML, a document that is not a
+    mapping, and a section that is not one (``predict: 5``)."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        document = yaml.safe_load(read_text_input(path, "params file"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from None
-    if document is not None and not isinstance(document, dict):
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
         raise ConfigError(
             f"{path}: must be a mapping of sections (model:, data:, train:, ...), "
             f"not a YAML {type(document).__name__}"
         )
+    return _checked_sections(document, Settings, path)
+
+
+def _checked_sections(
+    document: dict[str, Any], model: type[BaseModel], path: Path, prefix: str = ""
+) -> dict[str, Any]:
+    """``document`` with every section (a key whose field is a settings model, at any
+    depth) checked to be a mapping; an empty one (``predict:`` and nothing below) means its
+    defaults. Unknown keys and values are left to the validation, which names them."""
+    checked: dict[str, Any] = {}
+    for key, value in document.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        section = field.annotation if field is not None else None
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            if value is None:
+                continue
+            dotted = f"{prefix}{key}"
+            if not isinstance(value, dict):
+                names = [f"{name}:" for name in section.model_fields]
+                settings = ", ".join(names[:3] + ["..."] * (len(names) > 3))
+                raise ConfigError(
+                    f"{path}: '{dotted}' must be a mapping of its settings ({settings}), "
+                    f"not a YAML {type(value).__name__} (got {value!r:.60})"
+                )
+            value = _checked_sections(value, section, path, f"{dotted}.")
+        checked[key] = value
+    return checked
 
 
 def _describe(exc: ValidationError) -> list[str]:

@@ -147,7 +147,10 @@ class TrackingError(ClipHarError):
 
 
 class ImageProblem(str, Enum):
-    """Why an image cannot be used: the reason codes of validation, predict and the API."""
+    """Why an image cannot be used: the reason codes of validation, predict and the API.
+
+    ``NOT_A_FILE``, ``SYMLINK_LOOP`` and ``NO_IMAGES`` describe a named input (a path,
+    folder or glob given to ``predict``) that yields no image file at all."""
 
     MISSING_FILE = "missing_file"
     UNREADABLE = "unreadable"
@@ -156,6 +159,9 @@ class ImageProblem(str, Enum):
     CORRUPT_DATA = "corrupt_data"
     TOO_SMALL = "too_small"
     TOO_LARGE = "too_large"
+    NOT_A_FILE = "not_a_file"
+    SYMLINK_LOOP = "symlink_loop"
+    NO_IMAGES = "no_images"
 
 
 class ImageLoadError(ClipHarError, ValueError):

@@ -1,7 +1,10 @@
-"""Ground layer: atomic file writes, file digests, JSON-safe values, git, and HTML report parts.
+"""Ground layer: atomic file writes, text inputs, file digests, JSON-safe values, git, and
+HTML report parts.
 
 Every writer in the project goes through :func:`atomic_write`, so a crash or an error
 never leaves a half-written file, and concurrent writers never share a temporary name.
+Every text file a user gives is read with :func:`read_text_input` (a BOM is dropped, bytes
+that are not UTF-8 are a clear error naming the file).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from clip_har.errors import ClipHarError, ConfigError
 
 HTML_ROW_LIMIT = 2000  # rows per table in a page; the JSON and CSV hold everything
 
@@ -39,8 +44,11 @@ def _process_umask() -> int:
     return mask
 
 
-# a new file gets what ``open()`` would give it; mkstemp's 0600 would hide outputs
-_NEW_FILE_MODE = 0o666 & ~_process_umask()
+# a new file or folder gets what ``open()`` / ``mkdir()`` would give it; mkstemp's and
+# mkdtemp's 0600 / 0700 (and writers that use them) would hide outputs from other users
+_UMASK = _process_umask()
+_NEW_FILE_MODE = 0o666 & ~_UMASK
+_NEW_DIR_MODE = 0o777 & ~_UMASK
 
 
 # --------------------------------------------------------------------------- files
@@ -134,6 +142,32 @@ def staging_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(holder, ignore_errors=True)
 
 
+@contextmanager
+def publish_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty folder to write ``target``'s new content in; when the block ends
+    without an error it replaces ``target`` whole (nothing of an old ``target`` survives),
+    and after an error nothing at ``target`` has changed. Its files and folders get the
+    permissions the umask gives (see :func:`replace_directory`)."""
+    with staging_directory(target) as staging:
+        yield staging
+        replace_directory(staging, target)
+
+
+def follow_umask(root: str | os.PathLike[str]) -> None:
+    """Give ``root`` and every folder and file below it the permissions a new one gets
+    from the umask (execute bits of files are kept, within the umask). Writers that
+    create private files (``mkdtemp``, safetensors, copies of 0600 files) would
+    otherwise publish outputs that other users, such as a service account, cannot read.
+    Symbolic links are left alone."""
+    for folder, _, files in os.walk(root):
+        Path(folder).chmod(_NEW_DIR_MODE)
+        for name in files:
+            path = Path(folder, name)
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode):
+                path.chmod(_NEW_FILE_MODE | (stat.S_IMODE(mode) & 0o111 & _NEW_DIR_MODE))
+
+
 def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Move the fully written folder ``staging`` onto ``target``, replacing what is there.
 
@@ -143,9 +177,11 @@ def replace_directory(staging: str | os.PathLike[str], target: str | os.PathLike
     Between the two renames ``target`` is briefly absent; a crash there leaves the old
     copy in a hidden ``.NAME-old-*`` folder beside it. Concurrent calls for one
     ``target`` each use their own names; the last one wins. ``staging`` must be on
-    ``target``'s file system (see :func:`staging_directory`).
+    ``target``'s file system (see :func:`staging_directory`). The published folders and
+    files follow the umask (:func:`follow_umask`).
     """
     staging, target = Path(staging), Path(target)
+    follow_umask(staging)
     while True:
         try:
             staging.rename(target)  # nothing there (or an empty folder): one atomic step
@@ -216,6 +252,40 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_text_input(
+    path: str | os.PathLike[str],
+    what: str,
+    error: Callable[[str], ClipHarError] = ConfigError,
+) -> str:
+    """The text of a file a user gives (class list, prompt set, params, CSV, manifest JSON).
+
+    UTF-8 with or without a byte-order mark (which is dropped, so the first line reads as
+    typed); newlines are left as they are. Bytes that are not UTF-8 raise ``error`` (a
+    :class:`ConfigError` unless the caller's family differs) naming the file, ``what`` it
+    is, and the line and byte where decoding failed. A file that cannot be opened raises
+    the :class:`OSError`, which names it.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.removeprefix(_UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"{what} is not UTF-8 text ({_where(data, exc)}); save it as UTF-8"
+        raise error(f"{path}: {reason}") from None
+
+
+def _where(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where decoding failed, for a person: UTF-16, or the line and byte offset."""
+    if data.startswith(_UTF16_BOMS):
+        return "it is UTF-16"
+    start = exc.start + (len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0)
+    line = data.count(b"\n", 0, start) + 1
+    return f"line {line}, byte {start}: 0x{data[start]:02x}"
+
+
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes (``hashlib`` algorithm name), read in 1 MiB blocks."""
     digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
@@ -276,6 +346,16 @@ th{background:#f4f4f4}td{word-break:break-all}.num{text-align:right}
 padding:.6rem 1rem;min-width:8rem}.card b{display:block;font-size:1.5rem}
 .bad b{color:#c0392b}.none{color:#777}img{max-width:100%}
 """
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``"1 image"``, ``"3 images"``: ``count`` and ``noun`` in the right number. ``many`` is
+    the plural when adding ``s`` (``es`` after s, x, ch, sh) is wrong (``"copies"``)."""
+    if count == 1:
+        return f"{count} {noun}"
+    if many is None:
+        many = noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"{count} {many}"
 
 
 def esc(value: Any) -> str:

@@ -76,3 +76,59 @@ def test_a_missing_bundle_is_named(clip_har_cache: Path, tmp_path: Path) -> None
     done = cli(clip_har_cache, str(tmp_path / "nope"))
     assert done.returncode != 0
     assert "bundle directory not found" in done.stderr and "nope" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def mixed_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with its slowest (torchscript) and fastest (onnx-opt) CPU exports
+    beside torch eager: calls of ~50 ms and ~0.5 ms at batch size 1."""
+    pytest.importorskip("onnxruntime")
+    from clip_har.export.run import ExportOptions, export_bundle
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("mixed") / "b"))
+    summary = export_bundle(bundle, ["onnx-opt", "torchscript"], ExportOptions(parity_count=4))
+    assert summary.failures == {}
+    return bundle
+
+
+MIXED = ("torch", "torchscript", "onnx-opt")
+
+
+def test_benchmark_ends_when_slow_and_fast_formats_are_mixed(
+    mixed_bundle: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """Issue 13 defect 2: the interleaving waited for every format to line up with the
+    leader, which ~50 ms and ~0.5 ms formats never do. The timeout only catches a hang."""
+    out = tmp_path / "bench"
+    done = run_cli(
+        "benchmark", str(mixed_bundle), "--formats", ",".join(MIXED), "--batch-sizes", "1,8",
+        "--min-seconds", "0.5", "--warmup", "1", "--no-memory", "-o", str(out),
+        env={"CLIP_HAR_CACHE": str(clip_har_cache)}, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = json.loads((out / "benchmark.json").read_text())["rows"]
+    assert [(r["format"], r["batch_size"]) for r in rows] == [
+        (name, size) for size in (1, 8) for name in MIXED
+    ]
+    for row in rows:  # each met its own minimums (the default time bound is far away)
+        assert row["iterations"] >= 5 and row["timed_s"] >= 0.5 and not row["cut_short"], row
+
+
+def test_max_seconds_ends_a_run_whose_minimums_are_out_of_reach(
+    mixed_bundle: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench"
+    done = run_cli(
+        "benchmark", str(mixed_bundle), "--formats", ",".join(MIXED), "--batch-sizes", "1,2",
+        "--min-seconds", "100000", "--max-seconds", "2", "--warmup", "0", "--no-memory",
+        "-o", str(out), env={"CLIP_HAR_CACHE": str(clip_har_cache)}, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    payload = json.loads((out / "benchmark.json").read_text())
+    assert payload["config"]["max_seconds"] == 2.0
+    assert len(payload["rows"]) == 6
+    assert all(row["cut_short"] and row["iterations"] >= 1 for row in payload["rows"])
+    assert done.stdout.count(" † |") == 6 and "cut short by the time bound" in done.stdout
+    assert "cut short by the time bound" in (out / "benchmark.md").read_text()

@@ -27,7 +27,9 @@ def test_data_import_sample_folder_and_bad_source(har_sample_dir: Path, tmp_path
     assert "155 rows: 155 labelled, 0 unlabelled, 15 classes" in result.stderr
     assert "using_laptop" in result.stdout
 
-    bad = data_cli("data", "import", str(tmp_path / "missing"), "-o", str(out), cwd=tmp_path)
+    bad = data_cli(
+        "data", "import", str(tmp_path / "missing"), "-o", str(tmp_path / "other"), cwd=tmp_path
+    )
     assert bad.returncode == 1
     assert "source not found" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -81,3 +83,23 @@ def test_has_labels_tells_a_labelled_folder_from_an_unlabelled_one(
 
     missing = data_cli("data", "has-labels", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 1 and missing.stdout == ""
+
+
+def test_pipeline_stops_where_empty_data_would_be_created(tmp_path: Path) -> None:
+    """The real script: a header-only CSV and an all-broken folder each stop with exit 1 and
+    the reason, before any manifest is written."""
+    (tmp_path / "csv" / "images").mkdir(parents=True)
+    (tmp_path / "csv" / "labels.csv").write_text("filename,label\n")
+    header_only = data_cli("data", "import", "csv", "-o", "raw_csv", cwd=tmp_path)
+    assert header_only.returncode == 1, header_only.stderr
+    assert "no data rows to import (only a header)" in header_only.stderr
+    assert "0 rows" not in header_only.stderr and not (tmp_path / "raw_csv").exists()
+
+    (tmp_path / "broken" / "running").mkdir(parents=True)
+    (tmp_path / "broken" / "running" / "notes.jpg").write_text("not an image\n")
+    imported = data_cli("data", "import", "broken", "-o", "raw", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr  # rows exist; validation judges them
+    validated = data_cli("data", "validate", "raw", "-o", "valid", cwd=tmp_path)
+    assert validated.returncode == 1, validated.stderr
+    assert "all 1 row(s) were rejected (not_an_image: 1" in validated.stderr
+    assert "Traceback" not in validated.stderr and not (tmp_path / "valid").exists()

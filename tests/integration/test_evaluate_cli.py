@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def cli(cwd: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, cwd=cwd, env={"CLIP_HAR_CACHE": str(cache)})
+    # wide enough that rich never wraps a table cell of a temporary path
+    return run_cli(*args, cwd=cwd, env={"CLIP_HAR_CACHE": str(cache), "COLUMNS": "400"})
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def test_compare_identical_and_different_models(
         prompts = "actions" if name == "a" else "minimal"
         done = run_cli(
             "evaluate", "-b", f"zs-{prompts}", "-d", "split", "-o", f"eval-{name}",
-            "--tracking", "mlflow", cwd=root,
+            "--tracking", "mlflow", "--force", cwd=root,  # eval-a exists: tracked this time
             env={"CLIP_HAR_CACHE": str(clip_har_cache), "MLFLOW_TRACKING_URI": store},
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -164,3 +166,79 @@ def test_predict_and_evaluate_accept_and_reject_the_same_images(
         if not small_usable:
             assert "minimum side is 32 px" in str(predict_errors["small.png"])
         assert predict_errors["wide.png"] is None and predict_errors["tall.jpg"] is None
+
+
+@pytest.fixture
+def unsplit_data(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A manifest of six generated photos, labelled, with no split column values."""
+    classes = open_bundle(tiny_bundle).class_names
+    paths = [make_photo(tmp_path / f"p{i}.jpg", (96, 72), seed=i) for i in range(6)]
+    labels = [classes[i % 3] for i in range(len(paths))]
+    frame = pd.DataFrame({"path": list(map(str, paths)), "label": labels})
+    write_manifest(conform(frame), tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_evaluation_without_splits_is_titled_all_rows(
+    tiny_bundle: Path, unsplit_data: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """Defect 6: a manifest without splits is evaluated whole and every output says "all
+    rows", never "(test)"; naming a split it does not have is a usage error."""
+    common = ("evaluate", "-b", str(tiny_bundle), "-d", str(unsplit_data), "--tracking", "none")
+    done = cli(tmp_path, clip_har_cache, *common, "-o", "out", "--bootstrap", "0")
+    assert done.returncode == 0, done.stderr
+    assert "(all rows)" in done.stdout and "(test)" not in done.stdout
+    out = tmp_path / "out"
+    assert len(pd.read_csv(out / "predictions.csv")) == 6
+    source = json.loads((out / "metrics.json").read_text())["source"]
+    assert source["split"] is None and source["rows"] == "all rows"
+    for report in ("report.md", "report.html"):
+        text = (out / report).read_text(encoding="utf-8")
+        assert "(all rows)" in text and "(test)" not in text, report
+
+    refused = cli(tmp_path, clip_har_cache, *common, "-o", "refused", "--split", "test")
+    assert refused.returncode == 2, refused.stderr
+    assert "has no split column" in refused.stderr and "clip-har data split" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
+
+
+def test_reports_name_backbone_strategy_data_and_random_weights(
+    tiny_bundle: Path, unsplit_data: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """Defect 9: the evaluate table, both reports, metrics.json and every compare output
+    name the backbone (flagged RANDOM WEIGHTS for the tiny preset), the strategy and the data
+    (manifest and its sha256); an evaluation made before they were recorded still compares."""
+    digest = hashlib.sha256((unsplit_data / "manifest.parquet").read_bytes()).hexdigest()
+    common = ("evaluate", "-b", str(tiny_bundle), "-d", str(unsplit_data), "--tracking", "none")
+    done = cli(tmp_path, clip_har_cache, *common, "-o", "new", "--bootstrap", "0")
+    assert done.returncode == 0, done.stderr
+    for expected in ("tiny (RANDOM WEIGHTS)", "zero-shot", str(unsplit_data), digest):
+        assert expected in done.stdout, expected
+    assert "meaningless" in done.stderr  # the warning, next to the table
+    new = tmp_path / "new"
+    source = json.loads((new / "metrics.json").read_text())["source"]
+    assert source["backbone"] == "tiny" and source["random_weights"] is True
+    assert source["strategy"] == "zero-shot" and source["data_sha256"] == digest
+    assert source["data"] == str(unsplit_data) and source["bundle"] == str(tiny_bundle)
+    for report in ("report.md", "report.html"):
+        text = (new / report).read_text(encoding="utf-8")
+        for expected in ("tiny (RANDOM WEIGHTS)", "meaningless", "zero-shot", digest):
+            assert expected in text, (report, expected)
+
+    old = tmp_path / "old"  # as clip-har wrote it before sources were recorded
+    shutil.copytree(new, old)
+    details = json.loads((old / "metrics_full.json").read_text())
+    del details["source"]
+    (old / "metrics_full.json").write_text(json.dumps(details))
+    compared = cli(tmp_path, clip_har_cache, "evaluate", "compare", "new", "old", "-o", "cmp")
+    assert compared.returncode == 0, compared.stderr
+    assert "tiny (RANDOM WEIGHTS)" in compared.stdout and "not recorded" in compared.stdout
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [entry["name"] for entry in report["sources"]] == ["new", "old"]
+    assert report["sources"][0]["source"]["random_weights"] is True
+    assert report["sources"][1]["source"] is None
+    assert any("RANDOM WEIGHTS" in note for note in report["warnings"])
+    for name in ("compare.md", "compare.html"):
+        text = (tmp_path / "cmp" / name).read_text(encoding="utf-8")
+        for expected in ("tiny (RANDOM WEIGHTS)", "zero-shot", digest, "not recorded"):
+            assert expected in text, (name, expected)

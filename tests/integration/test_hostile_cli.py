@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_photo, run_cli
-from typer.main import get_command
+from conftest import make_photo, run_cli, runnable_commands
 from typer.testing import CliRunner, Result
 
 from clip_har.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
@@ -27,23 +26,9 @@ from clip_har.cli.main import app
 
 pytestmark = pytest.mark.integration
 
-ROOT = get_command(app)
 BUG_MARKER = "this is a bug in clip-har"  # what the handler prints for an unforeseen exception
 
-
-def _walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
-    """(name, command) for every runnable command: leaves and groups that run on their own."""
-    subcommands = getattr(command, "commands", None)
-    if subcommands is None:
-        yield " ".join(path), command
-        return
-    if path and command.invoke_without_command:
-        yield " ".join(path), command
-    for name, sub in sorted(subcommands.items()):
-        yield from _walk(sub, (*path, name))
-
-
-COMMANDS: dict[str, Any] = dict(_walk(ROOT, ()))
+COMMANDS: dict[str, Any] = runnable_commands(app)
 
 
 # --------------------------------------------------------------------------- hostile inputs
@@ -144,6 +129,7 @@ def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPa
 
     text_file = root / "notes.txt"
     text_file.write_text("not what you think\n")
+    (root / "latin1-classes.txt").write_bytes("running\ncaf\xe9\n".encode("latin-1"))
     empty = root / "empty-folder"
     empty.mkdir()
     (root / "x.csv").mkdir()
@@ -155,6 +141,7 @@ def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPa
         "invalid YAML": "predict: [top_k: 3\n",
         "a YAML list": "- predict\n- train\n",
         "not UTF-8": b"predict:\n  top_k: \xff\xfe\n",
+        "a section that is a number": "predict: 5\n",
     }
     params_files = {}
     for index, (what, content) in enumerate(params.items()):
@@ -272,6 +259,11 @@ def _out(w: World, name: str) -> Path:
     return w.root / "out" / name
 
 
+def _latin1(w: World) -> Path:
+    """A class list saved as Latin-1 (``café``): not UTF-8 at byte 11."""
+    return w.root / "latin1-classes.txt"
+
+
 CASES: dict[str, list[Case]] = {
     "formats": [
         Case("an unexpected argument", lambda w: ["onnx"], lambda w: ["onnx"], EXIT_USAGE),
@@ -328,7 +320,8 @@ CASES: dict[str, list[Case]] = {
         Case(
             "-o has an unknown type",
             lambda w: [w.photos, "-b", w.bundle, "-o", _out(w, "predictions.txt")],
-            lambda w: ["predictions.txt"],
+            lambda w: ["predictions.txt", ".csv or .json"],
+            EXIT_USAGE,
         ),
     ],
     "export": [
@@ -337,6 +330,12 @@ CASES: dict[str, list[Case]] = {
             "unknown format",
             lambda w: [w.bundle, "-o", _out(w, "export"), "--formats", "nope"],
             lambda w: ["nope"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "empty --formats",
+            lambda w: [w.bundle, "-o", _out(w, "export"), "--formats", ""],
+            lambda w: ["formats"],
             EXIT_USAGE,
         ),
         Case(
@@ -394,6 +393,11 @@ CASES: dict[str, list[Case]] = {
             lambda w: [w.folder],
         ),
         Case(
+            "Latin-1 classes file",
+            lambda w: ["-o", _out(w, "b6"), "--model", "tiny", "--classes", _latin1(w)],
+            lambda w: [_latin1(w), "not UTF-8", "byte 11"],
+        ),
+        Case(
             "missing prompts file",
             lambda w: ["-o", _out(w, "b3"), "--model", "tiny", "--prompts", w.missing / "p.yaml"],
             lambda w: ["p.yaml"],
@@ -425,6 +429,14 @@ CASES: dict[str, list[Case]] = {
         ),
     ],
     "bundle show": _bundle_cases(),
+    "bundle verify": [
+        *_bundle_cases(),
+        Case(
+            "truncated export",
+            lambda w: [w.truncated],
+            lambda w: [w.truncated / "exports" / "model.onnx", "corrupt or truncated"],
+        ),
+    ],
     "data import": [
         Case("missing source", lambda w: [w.missing, "-o", _out(w, "i1")], lambda w: [w.missing]),
         Case(
@@ -442,6 +454,11 @@ CASES: dict[str, list[Case]] = {
             "missing classes file",
             lambda w: [w.manifest, "-o", _out(w, "v2"), "--classes", w.missing],
             lambda w: [w.missing],
+        ),
+        Case(
+            "Latin-1 classes file",
+            lambda w: [w.manifest, "-o", _out(w, "v3"), "--classes", _latin1(w)],
+            lambda w: [_latin1(w), "not UTF-8", "byte 11"],
         ),
     ],
     "data split": [
@@ -735,7 +752,15 @@ def test_params_option_needs_a_file(world: World, elsewhere: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "what", ["unknown key", "wrong type", "invalid YAML", "a YAML list", "not UTF-8"]
+    "what",
+    [
+        "unknown key",
+        "wrong type",
+        "invalid YAML",
+        "a YAML list",
+        "not UTF-8",
+        "a section that is a number",
+    ],
 )
 def test_broken_params_yaml_in_the_working_folder(what: str, world: World, elsewhere: Path) -> None:
     shutil.copy(world.params[what], elsewhere / "params.yaml")

@@ -11,7 +11,7 @@ from conftest import make_photo
 from PIL import Image
 from typer.testing import CliRunner
 
-from clip_har.cli.data_augment import preview_augment_command
+from clip_har.cli.data_augment import MAX_COPIES, MAX_IMAGES, MAX_SIZE, preview_augment_command
 from clip_har.data.manifest import MANIFEST_FILE, conform
 from clip_har.errors import ClipHarError
 
@@ -41,7 +41,7 @@ def test_preview_grid_skips_unreadable_files(tmp_path: Path) -> None:
     args = [str(manifest), "-o", str(output), "--images", "3", "--copies", "2", "--size", "64"]
     result = CliRunner().invoke(app, [*args, "--policy", "light", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    assert "3 image(s) x 2 light copies" in result.output
+    assert "3 images x 2 light copies" in result.output
     with Image.open(output) as grid:
         grid.load()
         assert grid.format == "PNG"
@@ -50,9 +50,9 @@ def test_preview_grid_skips_unreadable_files(tmp_path: Path) -> None:
     assert (width, height) == (600, 640)
 
     # every readable file is used even when fewer than asked; broken ones are skipped
-    result = CliRunner().invoke(app, [*args[:-4], "--images", "10", "--size", "64"])
+    result = CliRunner().invoke(app, [*args[:-4], "--images", "10", "--size", "64", "--force"])
     assert result.exit_code == 0, result.output
-    assert "4 image(s) x 4 strong copies" in result.output
+    assert "4 images x 4 strong copies" in result.output
     assert Image.open(output).size == (1000, 840)
 
 
@@ -65,3 +65,19 @@ def test_preview_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [str(manifest), "-o", str(output), "--policy", "heavy"])
     assert "choose one of: none, light, strong" in str(result.exception)
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "limit"), [("--images", MAX_IMAGES), ("--copies", MAX_COPIES), ("--size", MAX_SIZE)]
+)
+def test_preview_augment_caps_images(option: str, limit: int, tmp_path: Path) -> None:
+    """``--images 100000`` once drew a 904-row grid until it was killed at 2.8 GB."""
+    manifest = write_manifest_file(tmp_path / "data", [make_photo(tmp_path / "p.jpg", seed=0)])
+    output = tmp_path / "grid.png"
+    result = CliRunner().invoke(app, [str(manifest), "-o", str(output), option, "100000"])
+    assert result.exit_code == 2, result.output
+    assert f"less than or equal to {limit}" in result.output
+    assert not output.exists()
+    args = [str(manifest), "-o", str(output), option, str(limit), "--policy", "none"]
+    within = CliRunner().invoke(app, args)
+    assert within.exit_code == 0, within.output

@@ -4,6 +4,7 @@ the default local SQLite store; an unreachable tracking server does not stop tra
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, make_photo, run_cli
 
-from clip_har.data.manifest import write_manifest
+from clip_har.data.manifest import read_manifest, write_manifest
 from clip_har.data.sources import import_source
 from clip_har.data.splits import split_manifest
 from clip_har.models.bundle import open_bundle
@@ -111,6 +112,22 @@ def test_bad_strategy_and_missing_splits_are_clear_errors(
     assert missing.returncode == 1 and "run `clip-har data split` first" in missing.stderr
 
 
+def test_training_on_unreadable_train_images_is_a_clear_error(
+    split_dir: Path, tmp_path: Path
+) -> None:
+    """Every train photo truncated after the split: one message naming the split, no bug.
+    A fresh cache, so no feature cached by another test stands in for the broken files."""
+    manifest = read_manifest(split_dir)
+    for path in manifest.loc[manifest["split"] == "train", "path"]:
+        Path(path).write_bytes(b"\x89PNG\r\n")
+    cache = tmp_path / "cache"
+    result = train(tmp_path, cache, "-d", str(split_dir), "-o", "b", "-s", "linear-probe")
+    assert result.returncode == 1, result.stderr
+    assert "no train image could be read" in result.stderr
+    assert "Traceback" not in result.stderr and "bug" not in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_checkpoints_and_resume_through_the_cli(
     split_dir: Path, clip_har_cache: Path, tmp_path: Path
 ) -> None:
@@ -126,6 +143,21 @@ def test_checkpoints_and_resume_through_the_cli(
     assert metrics[0]["val_accuracy"] == metrics[1]["val_accuracy"]
     no_dir = train(tmp_path, clip_har_cache, *args, "-o", "c", "--resume")
     assert no_dir.returncode == 2 and "--resume needs --checkpoint-dir" in no_dir.stderr  # usage
+
+
+def test_end_to_end_training_shows_epoch_loss_accuracy_and_time_left_on_a_terminal(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """``train -s partial`` used to show a stale ``embedding 30/30`` bar for the whole fit."""
+    terminal = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "TERM": "xterm", "COLUMNS": "160"}
+    args = ("-d", str(split_dir), "-o", "b", "-s", "partial", "--blocks", "1", "--epochs", "2")
+    done = train(tmp_path, clip_har_cache, *args, "--batch-size", "4", env=terminal)
+    assert done.returncode == 0, done.stderr
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stderr)
+    assert re.search(
+        r"epoch 2/2 · loss \d+\.\d{3} · val acc \d\.\d{3} .* ETA \d+:\d\d:\d\d", screen
+    )
+    assert "embedding" in screen and "epoch" not in done.stdout  # progress: stderr only
 
 
 @pytest.mark.slow

@@ -75,7 +75,7 @@ def test_unreadable_rows_are_reported(clip_har_cache: Path, tmp_path: Path) -> N
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "encoded 3, reused 0, skipped 1 (of 4 rows)" in result.output
-    assert "1 row(s) skipped" in result.output
+    assert "1 row skipped" in result.output
 
 
 def test_the_default_store_is_in_the_cache(clip_har_cache: Path, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ formats that cannot load skipped with their reason, memory measured in a child p
 from __future__ import annotations
 
 import json
+import math
+import random
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +20,7 @@ from clip_har.export.benchmark import (
     OUTPUT_FILES,
     BenchmarkConfig,
     BenchmarkResult,
+    Timings,
     interleaved_timings,
     latency_stats,
     markdown_table,
@@ -55,49 +58,130 @@ def test_latency_stats_are_per_batch_ms_and_images_per_second() -> None:
 
 
 class FakeClock:
-    """A clock that only moves when a timed call runs: exact, machine-independent timings."""
+    """A clock that only moves when a timed call runs: exact, machine-independent timings.
 
-    def __init__(self) -> None:
+    ``jitter`` adds seeded noise (up to that fraction of a call); a schedule that never
+    ends raises after ``max_calls`` instead of hanging the test."""
+
+    def __init__(self, jitter: float = 0.0, max_calls: int = 200_000) -> None:
         self.now = 0.0
         self.order: list[str] = []
+        self.jitter = jitter
+        self.max_calls = max_calls
+        self.rng = random.Random(0)
 
     def __call__(self) -> float:
         return self.now
 
     def call(self, name: str, seconds: float) -> Any:
         def run() -> None:
+            if len(self.order) >= self.max_calls:
+                raise RuntimeError(f"still timing after {self.max_calls} calls")
             self.order.append(name)
-            self.now += seconds
+            self.now += seconds * (1 + self.jitter * self.rng.random())
 
         return run
+
+
+def seconds_of(timings: Mapping[str, Timings]) -> dict[str, list[float]]:
+    return {name: timed.seconds for name, timed in timings.items()}
 
 
 def test_equal_speed_formats_run_round_robin() -> None:
     clock = FakeClock()
     calls = {name: clock.call(name, 0.1) for name in "ABC"}
-    samples = interleaved_timings(calls, min_iterations=4, min_seconds=0.0, clock=clock)
+    timings = interleaved_timings(calls, min_iterations=4, min_seconds=0.0, clock=clock)
     assert clock.order == list("ABC" * 4)
-    assert all(s == pytest.approx([0.1] * 4) for s in samples.values())
+    assert all(s == pytest.approx([0.1] * 4) for s in seconds_of(timings).values())
+    assert not any(timed.cut_short for timed in timings.values())
 
 
-def test_every_format_gets_the_same_stretch_of_time() -> None:
+# per-call seconds of the tiny preset's CPU formats at batch size 1 on 2 cores
+MIXED_SPEEDS = {
+    "torch": 0.4,
+    "onnx": 0.0005,
+    "onnx-opt": 0.0004,
+    "onnx-int8": 0.0005,
+    "onnx-int8-static": 0.0007,
+    "onnx-fp16": 0.00045,
+    "torchscript": 0.05,
+}
+
+
+def test_each_format_stops_on_its_own_when_slow_and_fast_are_mixed() -> None:
+    """Issue 13 defect 2: waiting for every format to line up with the leader ran 30x
+    longer than the minimums with noisy ~0.4 s, ~50 ms and ~0.5 ms formats (and never
+    ended on a real machine)."""
+    clock = FakeClock(jitter=0.2)
+    calls = {name: clock.call(name, seconds) for name, seconds in MIXED_SPEEDS.items()}
+    timings = interleaved_timings(calls, min_iterations=5, min_seconds=3.0, clock=clock)
+    slowest_call = {name: max(timed.seconds) for name, timed in timings.items()}
+    for name, timed in timings.items():
+        assert len(timed.seconds) >= 5 and timed.total >= 3.0, name
+        assert timed.total < 3.0 + slowest_call[name], f"{name} ran on after its minimums"
+        assert not timed.cut_short
+    assert clock.now < sum(3.0 + call for call in slowest_call.values())
+
+
+def test_running_formats_share_the_same_stretch_of_time() -> None:
     clock = FakeClock()
     calls = {"slow": clock.call("slow", 1.0), "fast": clock.call("fast", 0.1)}
-    samples = interleaved_timings(calls, min_iterations=3, min_seconds=0.5, clock=clock)
-    assert len(samples["slow"]) == 3  # its minimum iterations decide the length
-    assert sum(samples["fast"]) == pytest.approx(3.0, abs=0.11)  # ... and the fast one keeps up
-    first_slow_calls = [i for i, name in enumerate(clock.order) if name == "slow"]
-    assert first_slow_calls[0] == 0 and clock.order[1] == "fast"
-    # the fast format's calls are spread between the slow ones, not bunched at one end
-    assert clock.order[first_slow_calls[1] - 1] == "fast"
-    assert clock.order[-1] in {"fast", "slow"} and "fast" in clock.order[first_slow_calls[-1] :]
+    timings = interleaved_timings(calls, min_iterations=3, min_seconds=2.0, clock=clock)
+    slow, fast = timings["slow"], timings["fast"]
+    assert len(slow.seconds) == 3  # its minimum iterations decide its length ...
+    assert fast.total == pytest.approx(2.0, abs=0.11)  # ... the fast one stops at its own
+    slow_calls = [i for i, name in enumerate(clock.order) if name == "slow"]
+    assert slow_calls[0] == 0 and clock.order[1] == "fast"
+    # while both run, the fast format's calls sit between the slow ones, not at one end
+    assert "fast" in clock.order[slow_calls[0] : slow_calls[1]]
+    assert "fast" in clock.order[slow_calls[1] : slow_calls[2]]
+    assert clock.order[-1] == "slow"  # the slow one finishes alone
 
 
 def test_min_seconds_is_met_by_every_format() -> None:
     clock = FakeClock()
     calls = {"a": clock.call("a", 0.01), "b": clock.call("b", 0.02)}
-    samples = interleaved_timings(calls, min_iterations=1, min_seconds=0.5, clock=clock)
-    assert sum(samples["a"]) >= 0.5 and sum(samples["b"]) >= 0.5
+    timings = interleaved_timings(calls, min_iterations=1, min_seconds=0.5, clock=clock)
+    assert timings["a"].total >= 0.5 and timings["b"].total >= 0.5
+
+
+def test_the_time_bound_cuts_a_slow_format_short_and_says_so() -> None:
+    clock = FakeClock()
+    calls = {"slow": clock.call("slow", 1.0), "fast": clock.call("fast", 0.01)}
+    timings = interleaved_timings(
+        calls, min_iterations=10, min_seconds=0.5, max_seconds=4.0, clock=clock
+    )
+    slow, fast = timings["slow"], timings["fast"]
+    assert slow.cut_short and 1 <= len(slow.seconds) < 10
+    assert not fast.cut_short and len(fast.seconds) >= 10 and fast.total >= 0.5
+    assert clock.now <= 4.0 + 1.0  # the bound, overrun by at most one call
+
+
+def test_the_time_bound_splits_evenly_over_formats_still_running() -> None:
+    clock = FakeClock()
+    calls = {name: clock.call(name, 0.1) for name in "ABC"}
+    timings = interleaved_timings(
+        calls, min_iterations=100, min_seconds=100.0, max_seconds=3.0, clock=clock
+    )
+    assert all(timed.cut_short for timed in timings.values())
+    assert [len(timed.seconds) for timed in timings.values()] == [10, 10, 10]
+
+
+def test_a_zero_time_bound_still_times_every_format_once() -> None:
+    clock = FakeClock()
+    calls = {"a": clock.call("a", 0.3), "b": clock.call("b", 0.001)}
+    stopped: list[str] = []
+    timings = interleaved_timings(
+        calls,
+        min_iterations=5,
+        min_seconds=1.0,
+        max_seconds=0.0,
+        clock=clock,
+        on_stop=lambda name, _: stopped.append(name),
+    )
+    assert seconds_of(timings) == {"a": [pytest.approx(0.3)], "b": [pytest.approx(0.001)]}
+    assert all(timed.cut_short for timed in timings.values())
+    assert sorted(stopped) == ["a", "b"]  # every name reported once, as it stopped
 
 
 @pytest.mark.parametrize(
@@ -120,7 +204,8 @@ def test_config_checks_its_values() -> None:
     assert BenchmarkConfig().resolved_threads == usable_cores()
     assert BenchmarkConfig(threads=1).to_dict()["threads"] == 1
     for bad in ({"batch_sizes": (0,)}, {"threads": 0}, {"warmup": -1}, {"min_iterations": 0},
-                {"device": "tpu"}, {"formats": ()}, {"formats": ("torch", "onxx")}):  # fmt: skip
+                {"device": "tpu"}, {"formats": ()}, {"formats": ("torch", "onxx")},
+                {"max_seconds": -1.0}, {"max_seconds": math.nan}):  # fmt: skip
         with pytest.raises(ClipHarError):
             BenchmarkConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match=r"unknown format\(s\) onxx \(choose from torch, onnx"):
@@ -169,7 +254,8 @@ def test_every_torch_row_is_present_and_sane(
     result, _, _ = torch_run
     assert [(r["format"], r["batch_size"]) for r in result.rows] == [("torch", 1), ("torch", 3)]
     for row in result.rows:
-        assert row["iterations"] >= 3
+        assert row["iterations"] >= 3 and row["timed_s"] >= QUICK["min_seconds"]
+        assert row["cut_short"] is False
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["images_per_s"] > 0
         assert row["speedup_vs_torch"] == 1.0
@@ -232,6 +318,21 @@ def test_real_photos_are_repeated_to_fill_the_batch(tiny_bundle: Path, photo_fol
     assert result.payload["input"]["real_photos"] is True
     assert result.payload["input"]["distinct_images"] == 5  # 5 photos fill a batch of 8
     assert result.rows[0]["peak_rss_mb"] is None
+
+
+def test_rows_cut_short_by_the_time_bound_say_so(tiny_bundle: Path, tmp_path: Path) -> None:
+    config = BenchmarkConfig(
+        batch_sizes=(1, 2), threads=1, warmup=0, min_iterations=4, min_seconds=0.0,
+        max_seconds=0.0, measure_memory=False,
+    )  # fmt: skip
+    result = run_benchmark(tiny_bundle, config, tmp_path / "out")
+    assert [(r["iterations"], r["cut_short"]) for r in result.rows] == [(1, True), (1, True)]
+    assert result.payload["config"]["max_seconds"] == 0.0
+    table = markdown_table(result.rows)
+    assert table.count("| torch † |") == 2 and "† cut short by the time bound" in table
+    assert table in (tmp_path / "out" / "benchmark.md").read_text()
+    written = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert [row["cut_short"] for row in written["rows"]] == [True, True]
 
 
 def test_an_exported_format_is_timed_beside_torch(tiny_bundle: Path, tmp_path: Path) -> None:

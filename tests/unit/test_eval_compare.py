@@ -1,12 +1,19 @@
-"""Paired model comparison: McNemar's test and paired-bootstrap deltas."""
+"""Paired model comparison: McNemar's test and paired-bootstrap deltas; `evaluate compare`."""
+
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import binomtest, chi2
 
 from clip_har.errors import EvaluationError
 from clip_har.evaluation.compare import compare_predictions, mcnemar
+from clip_har.evaluation.compare_runs import compare_evaluations, source_rows
 from clip_har.evaluation.metrics import EvalArrays, compute_metrics
+from clip_har.evaluation.provenance import EvaluationSource
 
 NAMES = ["clap", "run", "sit"]
 
@@ -95,3 +102,43 @@ def test_mismatched_prediction_sets_raise_evaluation_error() -> None:
         compare_predictions(a, renamed)
     with pytest.raises(EvaluationError, match="n_bootstrap"):
         compare_predictions(a, b, n_bootstrap=-5)
+
+
+def _evaluation_folder(folder: Path, predicted: list[str], source: dict[str, Any] | None) -> str:
+    """An evaluation folder as `clip-har evaluate` writes it (``source`` None: as it wrote it
+    before sources were recorded)."""
+    folder.mkdir()
+    labels = ["clap", "run", "sit", "run"]
+    pd.DataFrame(
+        {"path": [f"img{i}.jpg" for i in range(4)], "label": labels, "predicted": predicted}
+    ).to_csv(folder / "predictions.csv", index=False)
+    details: dict[str, Any] = {"class_names": NAMES, "meta": {"images": 4}}
+    if source is not None:
+        details["source"] = source
+    (folder / "metrics_full.json").write_text(json.dumps(details))
+    return str(folder)
+
+
+def test_compare_names_each_source_and_loads_evaluations_made_before_sources(
+    tmp_path: Path,
+) -> None:
+    source = EvaluationSource(
+        bundle="zs", backbone="tiny", random_weights=True, strategy="zero-shot",
+        data="data", data_sha256="cd" * 32, split=None, format="torch",
+    )  # fmt: skip
+    new = _evaluation_folder(tmp_path / "new", ["clap", "run", "run", "sit"], source.to_json())
+    old = _evaluation_folder(tmp_path / "old", ["clap", "run", "sit", "run"], None)
+    report = compare_evaluations([new, old], tmp_path / "cmp", n_bootstrap=10)
+    assert report["sources"] == [
+        {"name": new, "source": source.to_json()},
+        {"name": old, "source": None},
+    ]
+    assert report["warnings"] == [source.warning]
+    assert source_rows(report["sources"]) == [
+        (new, "tiny (RANDOM WEIGHTS)", "zero-shot", "data", "all rows", "cd" * 32),
+        (old, *["not recorded"] * 5),
+    ]
+    for name in ("compare.md", "compare.html"):
+        text = (tmp_path / "cmp" / name).read_text(encoding="utf-8")
+        for expected in ("tiny (RANDOM WEIGHTS)", "meaningless", "zero-shot", "not recorded"):
+            assert expected in text, (name, expected)

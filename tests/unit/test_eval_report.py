@@ -23,7 +23,9 @@ from clip_har.evaluation.plots import (
     reliability_plot,
     write_plots,
 )
+from clip_har.evaluation.provenance import EvaluationSource, training_strategy
 from clip_har.evaluation.report import render_html, render_markdown, write_report
+from clip_har.models.bundle import EncoderInfo, HeadInfo, open_bundle
 
 HOSTILE = "<script>alert(1)</script>"
 CLASSES = ["running", "cycling", HOSTILE, "sleeping"]  # "sleeping" has no images
@@ -225,3 +227,56 @@ def test_undefined_values_render_as_dashes(evaluation: dict[str, Any], tmp_path:
     assert "| accuracy | — |  |" in text
     assert "| top-3 accuracy | — |  |" in text
     assert "## Plots" not in text and "## Run" not in text
+
+
+def _source(random_weights: bool, split: str | None = "test") -> EvaluationSource:
+    return EvaluationSource(
+        bundle="bundles/<har>",
+        backbone="tiny" if random_weights else "openai/clip-vit-base-patch32",
+        random_weights=random_weights,
+        strategy="linear-probe",
+        data="data/split",
+        data_sha256="ab" * 32,
+        split=split,
+        format="onnx",
+    )
+
+
+def test_reports_head_with_their_source_and_flag_random_weights(
+    evaluation: dict[str, Any],
+) -> None:
+    metrics = evaluation["metrics"]
+    for random_weights in (True, False):
+        source = _source(random_weights, split=None)
+        text = render_markdown(metrics, META, {}, source=source)
+        page = render_html(metrics, META, {}, source=source)
+        head = text.split("## Summary", 1)[0]
+        for expected in (source.backbone, "linear-probe", "data/split", "ab" * 32, "all rows"):
+            assert expected in head and expected in page, expected
+        assert "bundles/&lt;har&gt;" in head and "bundles/&lt;har&gt;" in page
+        assert ("RANDOM WEIGHTS" in head) == random_weights
+        assert ("RANDOM WEIGHTS" in page) == random_weights
+        assert ("meaningless" in head.split("## Warnings", 1)[-1]) == random_weights
+    assert EvaluationSource.from_json(source.to_json()) == source
+    assert EvaluationSource.from_json(None) is None  # evaluations made before sources
+    assert EvaluationSource.from_json({"bundle": "b"}) is None
+
+
+def test_strategy_is_read_from_the_bundle_manifest(tiny_bundle: Path) -> None:
+    manifest = open_bundle(tiny_bundle).manifest
+    assert training_strategy(manifest) == "zero-shot"  # bundle create
+
+    def made(head: str, metrics: dict[str, float], encoder: str | None = None) -> str:
+        update: dict[str, Any] = {
+            "head": HeadInfo(type=head),
+            "metrics": metrics,
+            "encoder": None if encoder is None else EncoderInfo(method=encoder, tensors=2),
+        }
+        return training_strategy(manifest.model_copy(update=update))
+
+    assert made("linear", {"chosen_C": 1.0}) == "linear-probe"
+    assert made("linear", {"chosen_wise_alpha": 0.5}) == "zs-init-linear"
+    assert made("clip_adapter", {}) == "clip-adapter"
+    assert made("tip_adapter", {"chosen_alpha": 1.0}) == "tip-adapter or tip-adapter-f"
+    assert made("zero_shot", {}, encoder="lora") == "lora"
+    assert made("linear", {}, encoder="partial") == "partial"

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from clip_har.cli.common import ProgressBar, err_console, settings_from
+from clip_har.cli.outputs import force_option, output_option, prepare_output
 from clip_har.config import split_commas
 from clip_har.devices import DEVICE_NAMES, parse_device
 from clip_har.errors import ClipHarError
 from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
+from clip_har.io import publish_directory
 
 
 def benchmark(
@@ -34,8 +37,10 @@ def benchmark(
         None, "--threads", min=1, help="Intra-op threads for every engine (default: all usable)."
     ),
     device: str = typer.Option("cpu", "--device", help=f"{DEVICE_NAMES}."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Folder for the results (default: BUNDLE/exports/benchmark)."
+    output: Path | None = output_option(
+        None,
+        kind="dir",
+        help="Folder for the results (default: BUNDLE/exports/benchmark, refreshed each run).",
     ),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed batches per format and size."),
     min_iterations: int = typer.Option(
@@ -44,12 +49,22 @@ def benchmark(
     min_seconds: float = typer.Option(
         3.0, "--min-seconds", min=0.0, help="Timed seconds per format and size, at least."
     ),
+    max_seconds: float = typer.Option(
+        90.0,
+        "--max-seconds",
+        min=0.0,
+        help="Seconds for all warm-up and timing (loading and memory probes come on top); "
+        "rows it stops before their minimums are marked cut short.",
+    ),
     memory: bool = typer.Option(
         True, "--memory/--no-memory", help="Measure peak RSS per format (a child process each)."
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Also run exports that failed (or never ran) their parity gate."
+    ignore_parity: bool = typer.Option(
+        False,
+        "--ignore-parity",
+        help="Also run exports that failed (or never ran) their parity gate.",
     ),
+    force: bool = force_option(),
     tracking: str = typer.Option(
         "none", "--tracking", help="Comma-separated: mlflow, wandb, none."
     ),
@@ -74,6 +89,7 @@ def benchmark(
     chosen = None if formats is None else check_formats(split_commas(formats))
     if data is not None and not data.exists():
         raise ClipHarError(f"--data {data}: no such file or folder")
+    prepare_output(output, kind="dir", inputs=[bundle, data], force=force)
     opened = open_bundle(bundle)
     if chosen is None:
         exported = [name for name in opened.manifest.exports if name in engine_formats()]
@@ -85,9 +101,10 @@ def benchmark(
         warmup=warmup,
         min_iterations=min_iterations,
         min_seconds=min_seconds,
+        max_seconds=max_seconds,
         device=device,
         data=data,
-        force=force,
+        ignore_parity=ignore_parity,
         measure_memory=memory,
     )
     target = output if output is not None else opened.directory / "exports" / "benchmark"
@@ -98,16 +115,21 @@ def benchmark(
         strict=strict_tracking,
         root=Path.cwd(),
     )
-    with tracker, ProgressBar("benchmarking") as bar:
+    # an explicit --output appears complete, or not at all; the bundle's own folder is
+    # refreshed in place, like its exports
+    folder: AbstractContextManager[Path] = (
+        nullcontext(target) if output is None else publish_directory(output)
+    )
+    with tracker, ProgressBar("benchmarking") as bar, folder as written:
         tracker.start(
             f"benchmark-{opened.manifest.name}",
             params={"bundle": str(opened.directory), **config.to_dict()},
             tags={"kind": "benchmark"},
         )
-        result = run_benchmark(opened, config, target, progress=bar, tracker=tracker)
-    if not result.rows:
-        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())
-        raise ClipHarError(f"no format could be benchmarked ({reasons})")
+        result = run_benchmark(opened, config, written, progress=bar, tracker=tracker)
+        if not result.rows:
+            reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items())
+            raise ClipHarError(f"no format could be benchmarked ({reasons})")
     typer.echo(markdown_table(result.rows), nl=False)
     for name, reason in result.skipped.items():
         err_console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")

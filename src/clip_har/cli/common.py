@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,6 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -45,8 +45,13 @@ class ClipHarGroup(TyperGroup):
     """The root command: every error raised by any command becomes one message on stderr
     and an exit code, never a traceback (``-vv`` logs the traceback for debugging).
 
-    Typer/Click report parsing errors themselves with :data:`EXIT_USAGE`.
+    Typer/Click report parsing errors themselves with :data:`EXIT_USAGE`. Every help text
+    below it is reflowed (:func:`reflow_help`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        reflow_help(self)
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -59,6 +64,27 @@ class ClipHarGroup(TyperGroup):
         except Exception as exc:
             code = report_error(exc)
             raise typer.Exit(code) from None
+
+
+def reflow_help(command: Any) -> None:
+    """Put each paragraph of the help of ``command``, its options and every command below
+    it on one line. Typer keeps a docstring's line breaks in command lists and after the
+    first paragraph, which breaks sentences mid-way; the help renderer wraps lines to the
+    terminal itself. Paragraphs starting with ``\b`` (Click's "keep as is") are kept."""
+    command.help = _reflow(command.help)
+    command.epilog = _reflow(command.epilog)
+    for param in command.params:
+        if isinstance(getattr(param, "help", None), str):
+            param.help = _reflow(param.help)
+    for subcommand in (getattr(command, "commands", None) or {}).values():
+        reflow_help(subcommand)
+
+
+def _reflow(text: str | None) -> str | None:
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
 def report_error(exc: Exception) -> int:
@@ -149,29 +175,71 @@ def configure_logging(verbosity: int) -> None:
     hf_logging.disable_progress_bar()
 
 
-_PROGRESS_THRESHOLD = 8
+PROGRESS_THRESHOLD = 8  # a count of items at most this small gets no bar by default
 
 
 class ProgressBar:
-    """A rich bar that appears only once the total is known to exceed the threshold."""
+    """Progress rows on stderr (live on a terminal; elsewhere the final state once, at
+    the end), never on stdout. Use it as a context manager.
 
-    def __init__(self, description: str) -> None:
+    Called as ``bar(done, total)`` it moves its main row, labelled ``description``;
+    :meth:`update` moves further rows by name (e.g. epochs, then batches within one). A
+    row appears once its total exceeds ``threshold`` (default: the bar's), so short work
+    shows no bar.
+    """
+
+    def __init__(self, description: str, *, threshold: int = PROGRESS_THRESHOLD) -> None:
+        self._description = description
+        self._threshold = threshold
         self._progress = Progress(
-            TextColumn(description),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[count]}", markup=False),
+            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=err_console,
         )
-        self._task: TaskID | None = None
+        self._rows: dict[str, TaskID] = {}
+        self._done: dict[str, float] = {}
 
     def __call__(self, done: int, total: int) -> None:
-        if total <= _PROGRESS_THRESHOLD:
-            return
-        if self._task is None:
-            self._progress.start()
-            self._task = self._progress.add_task(description="", total=total)
-        self._progress.update(self._task, completed=done, total=total)
+        self.update(done, total)
+
+    def update(
+        self,
+        done: float,
+        total: float,
+        *,
+        row: str | None = None,
+        description: str | None = None,
+        count: str | None = None,
+        threshold: int | None = None,
+    ) -> None:
+        """Move ``row`` (default: the main row) to ``done`` of ``total``.
+
+        ``description`` relabels the row (a new row starts labelled with its name), ``count``
+        replaces the ``done/total`` text beside the bar ("" hides it), and ``threshold``
+        replaces the bar's for this row.
+        """
+        name = self._description if row is None else row
+        task = self._rows.get(name)
+        if task is None:
+            if total <= (self._threshold if threshold is None else threshold):
+                return
+            if not self._rows:
+                self._progress.start()
+            task = self._progress.add_task(name, total=total, count="")
+            self._rows[name] = task
+        elif done < self._done[name]:  # a new round (the next epoch's batches): restart
+            self._progress.reset(task, total=total)
+        self._done[name] = done
+        self._progress.update(
+            task,
+            completed=done,
+            total=total,
+            description=description,  # None keeps the current label
+            count=f"{int(done)}/{int(total)}" if count is None else count,
+        )
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -182,5 +250,5 @@ class ProgressBar:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._task is not None:
+        if self._rows:
             self._progress.stop()

@@ -21,8 +21,10 @@ from clip_har.cli.data_version import (
     track_command,
     version_command,
 )
-from clip_har.data.manifest import read_manifest, write_manifest
+from clip_har.cli.outputs import force_option, output_option, prepare_output
+from clip_har.data.manifest import MANIFEST_FILE, read_manifest, write_manifest
 from clip_har.data.sources import import_source
+from clip_har.io import plural, publish_directory
 
 app = typer.Typer(
     help="Import, validate, split, balance and version datasets.", no_args_is_help=True
@@ -46,13 +48,15 @@ def import_data(
         help="Folder (class sub-folders, flat images, labels.csv + images/, save_to_disk or "
         "parquet), a .csv file, or hf:NAME[:split].",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Directory for manifest.parquet."),
+    output: Path = output_option(kind="dir", help="Directory for manifest.parquet."),
     images_dir: Path | None = typer.Option(
         None, "--images-dir", help="Folder the CSV's filenames are relative to."
     ),
+    force: bool = force_option(),
 ) -> None:
     """Read SOURCE into DIR/manifest.parquet: paths, labels, hashes, sizes. Files stay as-is."""
     settings = settings_from(ctx)
+    prepare_output(output, kind="dir", inputs=[source, images_dir], force=force)
     with ProgressBar("hashing") as bar:
         frame = import_source(
             source,
@@ -61,7 +65,11 @@ def import_data(
             cache_dir=settings.cache_dir,
             max_pixels=settings.data.max_image_pixels,
         )
-    path = write_manifest(frame, output)
+    # the files a CSV lists are inputs too: the output folder must not hold one
+    prepare_output(output, kind="dir", inputs=frame["path"].dropna(), force=True)
+    with publish_directory(output) as staging:
+        write_manifest(frame, staging, published=output)
+    path = output / MANIFEST_FILE
     _print_import_summary(frame)
     err_console.print(f"wrote {escape(str(path))}")
 
@@ -79,8 +87,8 @@ def _print_import_summary(frame: pd.DataFrame) -> None:
     unreadable = int(frame["sha256"].isna().sum())
     undecodable = int((frame["sha256"].notna() & frame["phash"].isna()).sum())
     err_console.print(
-        f"{len(frame)} rows: {int(labels.notna().sum())} labelled, "
-        f"{int(labels.isna().sum())} unlabelled, {len(counts)} classes; "
+        f"{plural(len(frame), 'row')}: {int(labels.notna().sum())} labelled, "
+        f"{int(labels.isna().sum())} unlabelled, {plural(len(counts), 'class')}; "
         + (f"[red]{unreadable} unreadable[/red]" if unreadable else "0 unreadable")
         + (f", [yellow]{undecodable} not decodable[/yellow]" if undecodable else "")
     )
@@ -96,5 +104,7 @@ def has_labels(
     """
     labels = read_manifest(manifest)["label"]
     labelled = int(labels.notna().sum())
-    err_console.print(f"{escape(str(manifest))}: {labelled} of {len(labels)} rows labelled")
+    err_console.print(
+        f"{escape(str(manifest))}: {labelled} of {plural(len(labels), 'row')} labelled"
+    )
     console.print("yes" if labelled else "no")

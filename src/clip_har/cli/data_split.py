@@ -8,14 +8,15 @@ import typer
 from rich.table import Table
 
 from clip_har.cli.common import console, drop_none, settings_from
+from clip_har.cli.outputs import force_option, output_option, prepare_output
 from clip_har.config import DEFAULT_NEAR_DISTANCE, DEFAULT_SPLIT_RATIOS
-from clip_har.io import write_json_atomic
+from clip_har.io import plural, publish_directory, write_json_atomic
 
 
 def split_command(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Folder holding manifest.parquet (validated)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the split into."),
+    output: Path = output_option(kind="dir", help="Folder to write the split into."),
     ratios: str | None = typer.Option(
         None,
         "--ratios",
@@ -36,6 +37,7 @@ def split_command(
         help="Max perceptual-hash distance of near duplicates "
         f"(default: params data.near_distance, {DEFAULT_NEAR_DISTANCE}).",
     ),
+    force: bool = force_option(),
 ) -> None:
     """Split a manifest so duplicates never cross splits; report per-class counts."""
     from clip_har.data.manifest import read_manifest, write_manifest
@@ -49,16 +51,19 @@ def split_command(
         },
     )
     seed = settings.split.seed
+    frame = read_manifest(directory)
+    prepare_output(output, kind="dir", inputs=[directory, *frame["path"].dropna()], force=force)
     result = split_manifest(
-        read_manifest(directory),
+        frame,
         settings.split.ratios,
         seed=seed,
         near_distance=settings.data.near_distance,
     )
-    write_manifest(result.manifest, output)
-    write_json_atomic(output / "split_report.json", result.report)
+    with publish_directory(output) as staging:
+        write_manifest(result.manifest, staging, published=output)
+        write_json_atomic(staging / "split_report.json", result.report)
 
-    table = Table(title=f"split of {len(result.manifest)} images (seed {seed})")
+    table = Table(title=f"split of {plural(len(result.manifest), 'image')} (seed {seed})")
     table.add_column("class")
     for split in SPLITS:
         table.add_column(split, justify="right")

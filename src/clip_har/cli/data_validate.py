@@ -12,13 +12,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.cli.outputs import force_option, output_option, prepare_output
 from clip_har.config import DEFAULT_NEAR_DISTANCE
-from clip_har.data.manifest import read_manifest, write_manifest
+from clip_har.data.manifest import manifest_info, read_manifest, write_manifest
 from clip_har.data.report import write_report
 from clip_har.data.validate import REASONS, REJECTED_COLUMNS, validate
-from clip_har.errors import ClipHarError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from clip_har.io import write_text_atomic
+from clip_har.io import plural, publish_directory, write_text_atomic
 from clip_har.models.prompts import resolve_class_names
 
 REJECTED_FILE = "rejected.csv"
@@ -29,7 +29,7 @@ def validate_command(
     directory: Path = typer.Argument(
         ..., help="Folder holding manifest.parquet (from `clip-har data import`), or the file."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the results."),
+    output: Path = output_option(kind="dir", help="Folder for the results."),
     classes: str | None = typer.Option(
         None,
         "--classes",
@@ -58,6 +58,7 @@ def validate_command(
         help="Near duplicates: perceptual hashes at most this many bits apart "
         f"(default: params data.near_distance, {DEFAULT_NEAR_DISTANCE}).",
     ),
+    force: bool = force_option(),
 ) -> None:
     """Fully decode every image; write a clean manifest, rejected.csv and the data report.
 
@@ -78,8 +79,8 @@ def validate_command(
     ).data
     frame = read_manifest(directory)
     known = None if classes is None else resolve_class_names(classes, source="--classes")
-    if output.exists() and not output.is_dir():
-        raise ClipHarError(f"--output {output} exists and is not a folder")
+    read = [directory, classes, *frame["path"].dropna()]
+    prepare_output(output, kind="dir", inputs=read, force=force)
 
     with ProgressBar("validating") as bar:
         result = validate(
@@ -89,16 +90,18 @@ def validate_command(
             max_pixels=data.max_image_pixels,
             near_distance=data.near_distance,
             progress=bar,
+            manifest=manifest_info(directory, len(frame)),
         )
+    result.require_accepted()
 
-    output.mkdir(parents=True, exist_ok=True)
     rejected_csv = result.rejected[REJECTED_COLUMNS].to_csv(index=False, lineterminator="\n")
-    write_text_atomic(output / REJECTED_FILE, rejected_csv)
-    write_report(result.report, output, result.rejected)
-    write_manifest(result.manifest, output)
+    with err_console.status("writing the data report"), publish_directory(output) as staging:
+        write_text_atomic(staging / REJECTED_FILE, rejected_csv)
+        write_report(result.report, staging, result.rejected)
+        write_manifest(result.manifest, staging, published=output)
 
     report = result.report
-    table = Table(title=escape(f"validation of {len(frame)} files"), show_header=True)
+    table = Table(title=escape(f"validation of {plural(len(frame), 'file')}"), show_header=True)
     table.add_column("")
     table.add_column("count", justify="right")
     table.add_row("accepted", f"[green]{report['accepted']}[/green]")

@@ -16,8 +16,10 @@ from clip_har.cli.common import (
     model_format_option,
     settings_from,
 )
+from clip_har.cli.outputs import force_option, manifest_inputs, output_option, prepare_output
 from clip_har.errors import UsageError
-from clip_har.evaluation import BOOTSTRAP_RESAMPLES
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES, MAX_BOOTSTRAP_RESAMPLES
+from clip_har.io import publish_directory
 
 app = typer.Typer(
     help="Evaluate a bundle on a manifest (or `evaluate compare` evaluations).",
@@ -32,9 +34,14 @@ def evaluate(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Manifest folder (from data import|validate|split)."
     ),
-    split: str = typer.Option("test", "--split", help="Split to evaluate, or 'all'."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Split to evaluate, or 'all' (default: test; every row of a manifest without "
+        "splits, where naming a split is an error).",
+    ),
     format: str = model_format_option(),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the results."),
+    output: Path | None = output_option(None, kind="dir", help="Folder for the results."),
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",
@@ -42,12 +49,17 @@ def evaluate(
         help="Images per forward pass (default: params predict.batch_size).",
     ),
     bootstrap: int = typer.Option(
-        BOOTSTRAP_RESAMPLES, "--bootstrap", min=0, help="Bootstrap resamples."
+        BOOTSTRAP_RESAMPLES,
+        "--bootstrap",
+        min=0,
+        max=MAX_BOOTSTRAP_RESAMPLES,
+        help="Bootstrap resamples.",
     ),
     seed: int = typer.Option(0, "--seed", min=0),
     tracking: str | None = typer.Option(
         None, "--tracking", help="mlflow, wandb, none, or a,b (default: params train.tracking)."
     ),
+    force: bool = force_option(),
 ) -> None:
     """Predict every image of --data with --bundle; write metrics.json, predictions.csv,
     report.html, report.md and the plots to --output. Images are read with the same
@@ -61,21 +73,25 @@ def evaluate(
     from clip_har.tracking import create_tracker
 
     settings = settings_from(ctx, {"train": drop_none({"tracking": tracking})})
+    prepare_output(output, kind="dir", inputs=[bundle, *manifest_inputs(data)], force=force)
     tracker = create_tracker(
         settings.train.tracking,
         experiment=settings.train.experiment,
         root=Path.cwd(),
     )
-    with tracker, ProgressBar("evaluating") as bar:
+    working = err_console.status(f"evaluating {escape(str(bundle))}")  # loading, then scoring
+    with tracker, working, ProgressBar("predicting") as bar, publish_directory(output) as staging:
         tracker.start(
             f"evaluate-{Path(bundle).name}",
-            params={"bundle": bundle, "data": str(data), "split": split, "format": format},
+            params=drop_none(
+                {"bundle": bundle, "data": str(data), "split": split, "format": format}
+            ),
             tags={},
         )
         outcome = run_evaluation(
             bundle,
             data,
-            output,
+            staging,
             split=split,
             format=format,
             options=PredictOptions.from_settings(settings, batch_size=batch_size),
@@ -84,10 +100,14 @@ def evaluate(
             progress=bar,
             tracker=tracker,
         )
-    metrics = outcome.metrics
-    table = Table(title=escape(f"{bundle} on {data} ({split})"))
+    metrics, source = outcome.metrics, outcome.source
+    table = Table(title=escape(source.title))
     table.add_column("")
     table.add_column("value", justify="right")
+    for field, value in source.rows():
+        flagged = field == "backbone" and source.random_weights
+        table.add_row(field, f"[red]{escape(value)}[/red]" if flagged else escape(value))
+    table.add_section()
 
     def with_ci(value: float, ci: list[float] | None) -> str:
         return f"{value:.4f}" + ("" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]")
@@ -101,7 +121,7 @@ def evaluate(
         table.add_row("[yellow]unreadable[/yellow]", str(outcome.unreadable))
     for label, count in outcome.unknown_labels.items():
         table.add_row(f"[yellow]unknown label {escape(str(label))}[/yellow]", str(count))
-    console.print(table)
+    console.print(table)  # a random-weight backbone was also logged as a warning
     for key in ("classes_without_support", "predicted_but_absent"):
         if metrics[key]:
             err_console.print(
@@ -115,18 +135,38 @@ def compare(
     evaluations: list[str] = typer.Argument(
         ..., help="Evaluation folders or MLflow run ids; the first is the baseline."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for compare.{json,md,html}."),
-    bootstrap: int = typer.Option(BOOTSTRAP_RESAMPLES, "--bootstrap", min=0),
+    output: Path = output_option(kind="dir", help="Folder for compare.{json,md,html}."),
+    bootstrap: int = typer.Option(
+        BOOTSTRAP_RESAMPLES, "--bootstrap", min=0, max=MAX_BOOTSTRAP_RESAMPLES
+    ),
     seed: int = typer.Option(0, "--seed", min=0),
+    force: bool = force_option(),
 ) -> None:
     """Side-by-side table, delta plot, McNemar test and paired bootstrap CIs."""
-    from clip_har.evaluation.compare_runs import HEADERS, compare_evaluations, table_rows
+    from clip_har.evaluation.compare_runs import (
+        HEADERS,
+        SOURCE_HEADERS,
+        compare_evaluations,
+        source_rows,
+        table_rows,
+    )
 
-    report = compare_evaluations(evaluations, output, n_bootstrap=bootstrap, seed=seed)
+    prepare_output(output, kind="dir", inputs=evaluations, force=force)
+    comparing = err_console.status(f"comparing {len(evaluations)} evaluations")
+    with comparing, publish_directory(output) as staging:
+        report = compare_evaluations(evaluations, staging, n_bootstrap=bootstrap, seed=seed)
     table = Table(title=escape(f"vs {report['baseline']}"))
     for header in HEADERS:
         table.add_column(header)
     for cells in table_rows(report["comparisons"]):
         table.add_row(*(escape(c) for c in cells))
     console.print(table)
+    sources = Table(title="sources")
+    for header in SOURCE_HEADERS:
+        sources.add_column(header)
+    for cells in source_rows(report["sources"]):
+        sources.add_row(*(escape(c) for c in cells))
+    console.print(sources)
+    for note in report["warnings"]:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(note)}")
     err_console.print(f"wrote {escape(str(output))}/compare.{{json,md,html}}, compare_delta.png")

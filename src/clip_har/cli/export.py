@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -16,9 +17,14 @@ from clip_har.cli.common import (
     one_of,
     settings_from,
 )
+from clip_har.cli.outputs import force_option, output_option, prepare_output
 from clip_har.config import CALIBRATION_METHODS
 from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.formats import format_names, get_format
+from clip_har.io import replace_directory, staging_directory
+
+if TYPE_CHECKING:
+    from clip_har.export.run import ExportOptions, ExportSummary
 
 _TENSORRT_PRECISIONS = get_format("tensorrt").precisions
 
@@ -53,21 +59,21 @@ def export(
         metavar=choice_metavar(_TENSORRT_PRECISIONS),
     ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Runtime threads."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Export into a copy of BUNDLE here (BUNDLE is untouched)."
+    output: Path | None = output_option(
+        None, kind="dir", help="Export into a copy of BUNDLE here (BUNDLE is untouched)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --output."),
+    force: bool = force_option(),
 ) -> None:
     """Export BUNDLE into BUNDLE/exports, check every artifact against torch fp32 and record
-    it in the manifest. Exits 1 if a format could not be exported or failed its gate."""
-    from clip_har.export.run import ExportOptions, copy_bundle, export_bundle, parse_formats
+    it in the manifest. Exits 1 if a format could not be exported or failed its gate (with
+    --output, nothing is written then)."""
+    from clip_har.export.run import ExportOptions, copy_bundle, parse_formats
 
-    settings = settings_from(ctx, {"export": drop_none({"formats": formats})}).export
+    overrides = {"formats": formats, "opset": opset, "parity_images": parity_images}
+    settings = settings_from(ctx, {"export": drop_none(overrides)}).export
     options = ExportOptions.from_settings(
         settings,
-        opset=opset,
         parity_data=parity_data,
-        parity_count=parity_images,
         calibration=calibration,
         calibration_method=calibration_method,
         tensorrt_precision=tensorrt_precision,
@@ -77,18 +83,44 @@ def export(
         names = parse_formats(settings.formats)
     except ClipHarError as exc:  # a bad --formats is a usage error; a bad params.yaml is not
         raise (UsageError(str(exc)) if formats is not None else exc) from None
-    if output is not None:
-        bundle = copy_bundle(bundle, output, overwrite=force)
+    read = [bundle, calibration, parity_data]
+    prepare_output(output, kind="dir", inputs=read, force=force)
+    if output is None:
+        summary = _export(bundle, names, options)
+    else:  # the copy appears, exported, only when every format succeeds
+        with staging_directory(output) as staging:
+            copy_bundle(bundle, staging, overwrite=True)
+            summary = _export(staging, names, options)
+            if not (summary.failures or summary.gate_failures):
+                replace_directory(staging, output)
+        bundle = output
+    _report(summary, bundle)
+    if summary.failures or summary.gate_failures:
+        if output is not None:
+            err_console.print(f"nothing was written to {escape(str(output))}")
+        raise typer.Exit(1)
+
+
+def _export(bundle: Path, names: list[str], options: ExportOptions) -> ExportSummary:
+    """Export ``names`` into ``bundle`` with a status line per format."""
+    from clip_har.export.run import export_bundle
+
     with err_console.status("loading the bundle") as status:
 
         def progress(name: str, done: int, total: int) -> None:
             status.update(f"[{min(done + 1, total)}/{total}] exporting {name}")
 
-        summary = export_bundle(bundle, names, options, progress)
+        return export_bundle(bundle, names, options, progress)
+
+
+def _report(summary: ExportSummary, bundle: Path) -> None:
+    """The table of exports with their parity, and every failure."""
     table = Table(title=escape(f"exports of {bundle}"))
     columns = ("format", "file", "MB", "precision", "max |Δp|", "top-1", "decided", "gate")
     for column in columns:
-        table.add_column(column, justify="right" if column in ("MB", "max |Δp|") else "left")
+        table.add_column(  # fold, never cut, a long file name
+            column, justify="right" if column in ("MB", "max |Δp|") else "left", overflow="fold"
+        )
     for record in summary.records.values():
         parity = record.parity
         assert parity is not None
@@ -117,7 +149,5 @@ def export(
     if failed:
         err_console.print(
             f"[bold red]failed the parity gate:[/bold red] {', '.join(failed)} (recorded as "
-            "failed; engines refuse them unless forced)"
+            "failed; engines refuse them unless given --ignore-parity)"
         )
-    if summary.failures or failed:
-        raise typer.Exit(1)

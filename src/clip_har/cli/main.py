@@ -11,6 +11,7 @@ from clip_har.cli.benchmark import benchmark
 from clip_har.cli.common import ClipHarGroup, configure_logging
 from clip_har.cli.export import export
 from clip_har.cli.formats import formats
+from clip_har.cli.outputs import note_params_file
 from clip_har.cli.predict import predict
 from clip_har.config import load_settings
 from clip_har.version import __version__
@@ -54,6 +55,7 @@ def root(
     if params is not None:
         load_settings(params)  # a broken --params file fails every command, before any work
     ctx.obj = {"params": params}
+    note_params_file(params)  # no command writes onto or into it
 
 
 def main() -> None:

@@ -16,13 +16,15 @@ from clip_har.cli.common import (
     model_format_option,
     settings_from,
 )
-from clip_har.cli.output import Rendering, to_csv, to_json, to_table, write_results
+from clip_har.cli.output import RENDERERS, Rendering, to_csv, to_json, to_table, write_results
+from clip_har.cli.outputs import force_option, output_option, prepare_output
 from clip_har.config import Settings
 from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.engines import EngineOptions
 from clip_har.inference.formats import REFERENCE_FORMAT
-from clip_har.inference.inputs import collect_inputs
+from clip_har.inference.inputs import CollectedInputs, collect_inputs
 from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
+from clip_har.io import plural
 from clip_har.models.prompts import load_prompt_set, parse_class_names, resolve_class_names
 
 
@@ -41,14 +43,15 @@ def predict(
     print_as: Rendering = typer.Option(
         Rendering.table, "--print", help="How to print the results on stdout."
     ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Also write results to a .csv or .json file."
+    output: Path | None = output_option(
+        None, kind="file", help="Also write results to a .csv or .json file."
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     model_format: str = model_format_option(),
-    force: bool = typer.Option(
-        False, "--force", help="Use an export even if it failed its parity gate."
+    ignore_parity: bool = typer.Option(
+        False, "--ignore-parity", help="Use an export even if it failed its parity gate."
     ),
+    force: bool = force_option(),
     skip_errors: bool = typer.Option(
         False, "--skip-errors", help="Exit 0 even when some files could not be read."
     ),
@@ -62,17 +65,18 @@ def predict(
         ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
     )
     collected = collect_inputs(inputs)
-    for pattern in collected.unmatched:
-        err_console.print(f"[yellow]no file matches[/yellow] {escape(pattern)}")
     if not collected.paths:
-        raise ClipHarError("no input images found")
+        reasons = "; ".join(f"{problem.input}: {problem.reason}" for problem in collected.problems)
+        raise ClipHarError(f"no input images found ({reasons})")
+    read = [*inputs, *collected.paths, bundle, model, prompts]
+    prepare_output(output, suffixes=tuple(RENDERERS), inputs=read, force=force)
 
     predictor = _make_predictor(
-        settings, bundle, model, labels, prompts, EngineOptions(force=force), model_format
+        settings, bundle, model, labels, prompts, EngineOptions(force=ignore_parity), model_format
     )
-    results = _run(predictor, collected.paths)
+    results = _run(predictor, collected)
 
-    title = escape(f"{len(collected.paths)} images — model: {predictor.model_label}")
+    title = escape(f"{plural(len(results), 'image')} — model: {predictor.model_label}")
     if print_as is Rendering.table:
         console.print(to_table(results, title))
     else:
@@ -86,10 +90,10 @@ def predict(
     for result in failed:
         err_console.print(f"[red]✗[/red] {escape(f'{result.path}: {result.error}')}")
     err_console.print(
-        f"predicted {len(results) - len(failed)} of {len(results)} images"
+        f"predicted {len(results) - len(failed)} of {plural(len(results), 'image')}"
         + (f", [red]{len(failed)} failed[/red]" if failed else "")
     )
-    if (failed or collected.unmatched) and not skip_errors:
+    if failed and not skip_errors:
         raise typer.Exit(EXIT_PARTIAL)
 
 
@@ -119,10 +123,11 @@ def _make_predictor(
         )
 
 
-def _run(predictor: Predictor, paths: list[Path]) -> list[FileResult]:
+def _run(predictor: Predictor, inputs: CollectedInputs) -> list[FileResult]:
+    """One result per entry: each image's, and each unusable input's, in input order."""
     results: list[FileResult] = []
     with ProgressBar("predicting") as bar:
-        for result in predictor.predict_files(paths):
+        for result in predictor.predict_inputs(inputs):
             results.append(result)
-            bar(len(results), len(paths))
+            bar(len(results), len(inputs.entries))
     return results

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import typer
 from rich.markup import escape
@@ -17,17 +19,52 @@ from clip_har.cli.common import (
     one_of,
     settings_from,
 )
+from clip_har.cli.outputs import force_option, manifest_inputs, output_option, prepare_output
 from clip_har.cli.train_embed import embed_command
 from clip_har.config import DistributedMode
 from clip_har.errors import UsageError
 from clip_har.io import write_json_atomic
 from clip_har.training.strategies import STRATEGIES
 
+if TYPE_CHECKING:  # the trainer pulls in torch.distributed: imported when training runs
+    from clip_har.training.trainer import FitStatus
+
 app = typer.Typer(
     help="Train heads on cached embeddings (or `train embed` to fill the cache).",
     invoke_without_command=True,
 )
 app.command("embed")(embed_command)
+
+
+class FitDisplay:
+    """Shows a trainer's :class:`FitStatus` on a :class:`ProgressBar`: an ``epochs`` row
+    (epoch, the last train loss and val accuracy, time left) and, within epochs longer than
+    the bar's threshold, a ``batches`` row."""
+
+    def __init__(self, bar: ProgressBar) -> None:
+        self._bar = bar
+        self._scores = ""
+
+    def __call__(self, status: FitStatus) -> None:
+        if status.stage == "epoch":
+            accuracy = status.metrics.get("val_accuracy")
+            self._scores = f" · loss {status.train_loss:.3f}" + (
+                "" if accuracy is None else f" · val acc {accuracy:.3f}"
+            )
+        self._bar.update(
+            status.fraction * status.epochs,
+            status.epochs,
+            row="epochs",
+            description=f"epoch {status.epoch}/{status.epochs}{self._scores}",
+            count="",
+            threshold=0,
+        )
+        self._bar.update(
+            status.batch,
+            status.batches,
+            row="batches",
+            description="validating" if status.stage == "validate" else "batches",
+        )
 
 
 @app.callback(
@@ -39,7 +76,7 @@ def train(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Split manifest folder (from `clip-har data split`)."
     ),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Bundle directory to write."),
+    output: Path | None = output_option(None, kind="dir", help="Bundle directory to write."),
     strategy: str | None = typer.Option(
         None,
         "--strategy",
@@ -71,8 +108,11 @@ def train(
         help=f"{', '.join(get_args(DistributedMode))}; ddp and fsdp run under "
         "`torchrun --nproc_per_node N -m clip_har.cli train`.",
     ),
-    checkpoint_dir: Path | None = typer.Option(
-        None, "--checkpoint-dir", help="Save a checkpoint every epoch here (gradient strategies)."
+    checkpoint_dir: Path | None = output_option(
+        None,
+        "--checkpoint-dir",
+        kind="dir",
+        help="Save a checkpoint every epoch here (gradient strategies); --resume reads it.",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint-dir."),
     tracking: str | None = typer.Option(
@@ -81,10 +121,13 @@ def train(
     strict_tracking: bool = typer.Option(
         False, "--strict-tracking", help="Fail when a tracking backend fails (default: warn)."
     ),
-    metrics_file: Path | None = typer.Option(
-        None, "--metrics", help="Also write the run's metrics as JSON (for `dvc metrics show`)."
+    metrics_file: Path | None = output_option(
+        None,
+        "--metrics",
+        kind="file",
+        help="Also write the run's metrics as JSON (for `dvc metrics show`).",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    force: bool = force_option(),
 ) -> None:
     """Train --strategy on --data and write the bundle to --output (values default to
     params.yaml's `train` section)."""
@@ -119,21 +162,34 @@ def train(
     )
     if resume and checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint-dir")
+    read = [*manifest_inputs(data), model, prompts]
+    prepare_output(output, kind="dir", inputs=read, force=force)
+    prepare_output(metrics_file, suffixes=(".json",), inputs=read, force=force, option="--metrics")
+    if not resume and prepare_output(  # resumed from, or else started afresh
+        checkpoint_dir, kind="dir", inputs=read, force=force, option="--checkpoint-dir"
+    ):
+        assert checkpoint_dir is not None
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # no stale checkpoint survives
     # torch, sklearn and peft load only when training
     from clip_har.training.distributed import cleanup, init_distributed, local_context
     from clip_har.training.run import run_training
 
     distributed_run = settings.train.distributed != "none"
     dist = init_distributed() if distributed_run else local_context()
+    # a spinner through the steps without a count: loading, fitting without epochs, saving
+    working: AbstractContextManager[object] = (
+        err_console.status(f"training {settings.train.strategy}") if dist.is_main else nullcontext()
+    )
     try:
-        with ProgressBar("embedding") as bar:
+        with working, ProgressBar("embedding") as bar:
             outcome = run_training(
                 settings,
                 data,
                 output,
                 strict_tracking=strict_tracking,
-                overwrite=force,
+                overwrite=True,  # prepare_output has refused it without --force
                 progress=bar if dist.is_main else None,
+                fit_progress=FitDisplay(bar) if dist.is_main else None,
                 dist=dist,
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,

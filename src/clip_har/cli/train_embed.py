@@ -11,7 +11,9 @@ import typer
 from rich.markup import escape
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
+from clip_har.cli.outputs import check_not_an_input
 from clip_har.data.manifest import read_manifest
+from clip_har.io import plural
 from clip_har.models.backbone import load_backbone
 from clip_har.training.features import FeatureStore, default_store_root
 
@@ -35,6 +37,11 @@ def embed_command(
     """
     settings = settings_from(ctx, {"model": drop_none({"spec": model})})
     manifest = read_manifest(data)
+    if store is not None:  # a cache that grows across runs: never replaced (no --force), so
+        # it may hold inputs, like a file, but it must not be one or lie inside one
+        check_not_an_input(
+            store, kind="file", inputs=[data, *manifest["path"].dropna()], option="--store"
+        )
     with err_console.status("loading model…"):
         backbone = load_backbone(
             settings.model.spec,
@@ -62,13 +69,14 @@ def embed_command(
     console.print(f"model: {escape(backbone.label)}", soft_wrap=True)
     console.print(
         f"encoded {stats.encoded}, reused {stats.reused}, skipped {stats.skipped} "
-        f"(of {len(manifest)} rows)"
+        f"(of {plural(len(manifest), 'row')})"
     )
     if stats.skipped:
         err_console.print(
-            f"[yellow]{stats.skipped} row(s) skipped[/yellow]: no sha256, or the file is "
+            f"[yellow]{plural(stats.skipped, 'row')} skipped[/yellow]: no sha256, or the file is "
             "missing or unreadable (see the warnings above)"
         )
     console.print(
-        f"store: {escape(str(features.directory))} ({len(features)} images)", soft_wrap=True
+        f"store: {escape(str(features.directory))} ({plural(len(features), 'image')})",
+        soft_wrap=True,
     )

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI and resample() 
 __all__ = [
     "HTML_FILE",
     "JSON_FILE",
+    "MAX_TARGET",
     "SCHEMES",
     "TARGETS",
     "BalanceResult",
@@ -45,6 +46,8 @@ HTML_FILE = "balance_report.html"
 SCHEMES = ("inverse", "sqrt_inverse", "effective")
 TARGETS = ("min", "max", "median")
 DEFAULT_BETA = 0.999  # the "effective number" scheme's beta
+MAX_TARGET = 100_000
+"""The largest explicit target (rows per class): beyond it, rows repeat without bound."""
 
 
 @dataclass
@@ -167,6 +170,8 @@ def _resolve_target(target: int | str, counts: dict[str, int]) -> int:
         return math.floor(float(np.median(values)) + 0.5)  # median, rounded half up
     if isinstance(target, bool) or target <= 0:
         raise BalanceError(f"target count must be a positive integer, got {target!r}")
+    if target > MAX_TARGET:
+        raise BalanceError(f"target {target} is above the limit of {MAX_TARGET} rows per class")
     return int(target)
 
 

@@ -100,6 +100,8 @@ class ManifestDataset(Dataset[Sample | Skipped]):
                     "run `clip-har data split` first)"
                 )
         rows = np.flatnonzero(selected)
+        if not len(rows):
+            raise DatasetError("the manifest has no rows: there is nothing to load")
         labels = manifest["label"].iloc[rows]
         if labels.isna().any():
             raise DatasetError(

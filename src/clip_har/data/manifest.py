@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from clip_har.errors import ManifestError
-from clip_har.io import atomic_write
+from clip_har.io import atomic_write, file_sha256
 
 MANIFEST_FILE = "manifest.parquet"
 
@@ -60,7 +61,8 @@ def manifest_path(location: str | Path) -> Path:
 
 
 def read_manifest(location: str | Path) -> pd.DataFrame:
-    """Read and check a manifest (a directory holding ``manifest.parquet``, or the file)."""
+    """Read and check a manifest (a directory holding ``manifest.parquet``, or the file);
+    a manifest without rows is refused."""
     path = manifest_path(location)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -72,8 +74,18 @@ def read_manifest(location: str | Path) -> pd.DataFrame:
         frame = conform(frame)
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from None
+    if frame.empty:
+        raise ManifestError(
+            f"{path}: the manifest has no rows (empty data); import a source that has images"
+        )
     frame["path"] = _anchor_paths(frame["path"], path.parent.absolute())
     return frame
+
+
+def manifest_info(location: str | Path, rows: int | None = None) -> dict[str, Any]:
+    """What names a manifest in a report: its absolute path, file sha256 and row count."""
+    path = manifest_path(location)
+    return {"path": str(path.absolute()), "sha256": file_sha256(path), "rows": rows}
 
 
 def _anchor_paths(paths: pd.Series, base: Path) -> pd.Series:
@@ -93,11 +105,23 @@ def _relative_paths(paths: pd.Series, base: Path) -> pd.Series:
     return paths.map(relative, na_action="ignore").astype("string")
 
 
-def write_manifest(frame: pd.DataFrame, location: str | Path) -> Path:
-    """Write atomically to ``DIR/manifest.parquet`` (or the given ``.parquet`` file)."""
+def write_manifest(
+    frame: pd.DataFrame, location: str | Path, *, published: str | Path | None = None
+) -> Path:
+    """Write atomically to ``DIR/manifest.parquet`` (or the given ``.parquet`` file).
+
+    ``published`` is the folder ``location`` will be moved to when it is a staging folder
+    (:func:`clip_har.io.publish_directory`): image paths are stored relative to it.
+
+    An empty frame is refused: no command may create a manifest without rows (callers
+    check first, to say why their result is empty).
+    """
     path = manifest_path(location)
+    if frame.empty:
+        raise ManifestError(f"refusing to write {path}: the manifest has no rows (empty data)")
     stored = conform(frame)
-    stored["path"] = _relative_paths(stored["path"], path.parent.absolute())
+    base = path.parent if published is None else manifest_path(published).parent
+    stored["path"] = _relative_paths(stored["path"], base.absolute())
     with atomic_write(path) as staging:
         stored.to_parquet(staging, index=False)
     return path

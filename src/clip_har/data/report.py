@@ -5,7 +5,6 @@ See docs/data.md#the-data-report.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,18 @@ __all__ = ["HTML_FILE", "JSON_FILE", "build_report", "render_html", "write_repor
 JSON_FILE = "data_report.json"
 HTML_FILE = "data_report.html"
 HISTOGRAM_BINS = 20
+_SETTING_NAMES = {
+    "min_side": "minimum image side (px)",
+    "max_pixels": "maximum image pixels",
+    "near_distance": "near-duplicate distance (bits)",
+}
+# Narrow columns: reason codes stay whole, paths wrap after their separators (<wbr>), and
+# only a single part too long for its line breaks anywhere.
+_CSS = (
+    "td{word-break:normal;overflow-wrap:break-word}"
+    ".code{white-space:nowrap;font-family:ui-monospace,monospace}"
+    ".path{font-family:ui-monospace,monospace}"
+)
 
 
 def _histogram(values: pd.Series) -> dict[str, list[float] | list[int]]:
@@ -61,8 +72,12 @@ def build_report(
     classes: Sequence[str] | None = None,
     near_distance: int = DEFAULT_MAX_DISTANCE,
     settings: dict[str, Any] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything ``data_report.json`` holds, computed from the clean manifest and rejections.
+
+    ``manifest`` names the manifest that was validated (path, sha256, rows; see
+    :func:`clip_har.data.manifest.manifest_info`); None when it is not a file.
 
     Duplicate statistics are over accepted rows only. ``near_duplicate_groups`` counts
     perceptual-hash groups holding at least two *different* files (byte-identical copies
@@ -104,6 +119,7 @@ def build_report(
 
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "manifest": dict(manifest) if manifest is not None else None,
         "settings": dict(settings or {}),
         "total": len(clean) + len(rejected),
         "accepted": len(clean),
@@ -163,8 +179,54 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     return plots
 
 
-def _lines(values: Iterable[Any]) -> str:
-    return "<br>".join(esc(v) for v in values)
+def _lines(values: Iterable[str]) -> str:
+    """Pre-rendered HTML pieces, one per line."""
+    return "<br>".join(values)
+
+
+def _path(value: Any) -> str:
+    """An escaped path that wraps only after its separators (see :data:`_CSS`)."""
+    text = esc(value)
+    for separator in ("/", "\\"):
+        text = text.replace(separator, separator + "<wbr>")
+    return f"<span class='path'>{text}</span>"
+
+
+def _code(value: Any) -> str:
+    """A reason code, never broken across lines."""
+    return f"<span class='code'>{esc(value)}</span>"
+
+
+def _label(value: Any) -> str:
+    """A row's label as shown beside its path: ``unlabelled`` for a missing one."""
+    return esc(value) if value is not None else "<i>unlabelled</i>"
+
+
+def _member(path: Any, label: Any, extra: str = "") -> str:
+    """One member of a duplicate group: its path, [label] and an optional hash."""
+    tail = f" <span class='code'>{esc(extra)}</span>" if extra else ""
+    return f"{_path(path)} [{_label(label)}]{tail}"
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    """What the report describes (the manifest: path, sha256, rows) and its settings."""
+    rows: list[tuple[str, str]] = []
+    source: dict[str, Any] = report.get("manifest") or {}
+    if source:
+        rows.append(("manifest", _path(source.get("path"))))
+        rows.append(("manifest sha256", _code(source.get("sha256"))))
+        if source.get("rows") is not None:
+            rows.append(("manifest rows", f"<span class='num'>{esc(source['rows'])}</span>"))
+    for key, value in (report.get("settings") or {}).items():
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        rows.append((esc(_SETTING_NAMES.get(key, key)), esc(shown)))
+    rows.append(("created", esc(report.get("created_at"))))
+    described = (
+        f"Validation of {_path(source.get('path'))}"
+        if source
+        else "Validation of a manifest that was not read from a file"
+    )
+    return [f"<p>{described}</p>", html_table(["manifest and settings", "value"], rows)]
 
 
 def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) -> str:
@@ -186,10 +248,9 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>Data report</title><style>{REPORT_CSS}</style></head><body>",
+        f"<title>Data report</title><style>{REPORT_CSS}{_CSS}</style></head><body>",
         "<h1>Data report</h1>",
-        f"<p class='none'>{esc(report.get('created_at'))} · settings: "
-        f"{esc(json.dumps(report.get('settings') or {}))}</p>",
+        *_header(report),
         "<div class='cards'>",
         *(
             f"<div class='card {cls}'><b>{esc('—' if v is None else v)}</b>{esc(k)}</div>"
@@ -204,7 +265,7 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
         html_table(
             ["reason", "meaning", "files"],
             [
-                (esc(code), esc(REASONS.get(code, "")), f"<span class='num'>{n}</span>")
+                (_code(code), esc(REASONS.get(code, "")), f"<span class='num'>{n}</span>")
                 for code, n in by_reason.items()
             ],
         )
@@ -215,7 +276,12 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
             html_table(
                 ["path", "reason", "detail", "label"],
                 [
-                    tuple(esc(json_safe(row.get(c))) for c in ("path", "reason", "detail", "label"))
+                    (
+                        _path(json_safe(row.get("path"))),
+                        _code(json_safe(row.get("reason"))),
+                        esc(json_safe(row.get("detail"))),
+                        esc(json_safe(row.get("label"))),
+                    )
                     for row in rejected.to_dict("records")
                 ],
             )
@@ -251,7 +317,7 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
                 (
                     esc(c.get("kind")),
                     esc(", ".join(c.get("distinct_labels") or [])),
-                    _lines(f"{p}  [{lab}]" for p, lab in zip(c["paths"], c["labels"], strict=True)),
+                    _lines(_member(p, lab) for p, lab in zip(c["paths"], c["labels"], strict=True)),
                 )
                 for c in report.get("label_conflicts") or []
             ],
@@ -263,9 +329,9 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
             ["sha256", "copies", "files"],
             [
                 (
-                    esc(str(g.get("sha256"))[:16] + "…"),
+                    _code(str(g.get("sha256"))[:16] + "…"),
                     str(len(g["paths"])),
-                    _lines(f"{p}  [{lab}]" for p, lab in zip(g["paths"], g["labels"], strict=True)),
+                    _lines(_member(p, lab) for p, lab in zip(g["paths"], g["labels"], strict=True)),
                 )
                 for g in report.get("exact_duplicates") or []
             ],
@@ -282,7 +348,7 @@ def render_html(report: dict[str, Any], rejected: pd.DataFrame | None = None) ->
                 (
                     str(len(g["paths"])),
                     _lines(
-                        f"{p}  [{lab}]  {h}"
+                        _member(p, lab, h)
                         for p, lab, h in zip(g["paths"], g["labels"], g["phash"], strict=True)
                     ),
                 )

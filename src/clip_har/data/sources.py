@@ -6,6 +6,7 @@ Source files are only ever read. Source kinds and the image cache: docs/data.md#
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import urllib.error
@@ -21,7 +22,7 @@ from clip_har.data.manifest import conform
 from clip_har.data.validate import FACT_COLUMNS, check_files
 from clip_har.errors import SourceError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, has_image_name
-from clip_har.io import write_bytes_atomic
+from clip_har.io import read_text_input, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,11 @@ def import_source(
     ``images_dir`` applies to CSV sources; ``cache_dir`` (default: the settings' cache)
     holds images extracted from datasets; ``max_pixels`` guards decoding (bigger images
     keep null size columns); ``progress(done, total)`` is called as files are hashed.
+    A source without rows (a header-only CSV, an empty dataset) is a :class:`SourceError`.
     """
     entries, origin = _entries(source, images_dir, cache_dir)
+    if not entries:
+        raise SourceError(f"{origin}: the source has no rows; there is nothing to import")
     logger.info("%s: %d file(s) to hash", origin, len(entries))
     checks = check_files(
         [e.path for e in entries],
@@ -189,6 +193,11 @@ def _csv_entries(csv_path: Path, images_dir: Path) -> list[_Entry]:
             skipped += 1
             continue
         entries.append(_Entry(_absolute(base / name), label or None))
+    if not entries:
+        raise SourceError(
+            f"{csv_path}: no data rows to import "
+            + (f"(all {skipped} row(s) lack a filename)" if skipped else "(only a header)")
+        )
     if skipped:
         logger.warning("%s: %d row(s) without a filename were skipped", csv_path, skipped)
     missing = sum(not e.path.is_file() for e in entries)
@@ -201,15 +210,12 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     """All cells as stripped strings; BOM, CRLF and blank lines are handled."""
     try:
         table = pd.read_csv(
-            csv_path,
+            io.StringIO(read_text_input(csv_path, "label table", SourceError)),
             sep="\t" if csv_path.suffix.lower() == ".tsv" else ",",
             dtype=str,
             keep_default_na=False,
-            encoding="utf-8-sig",
             skip_blank_lines=True,
         )
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{csv_path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         raise SourceError(f"{csv_path}: cannot read CSV ({exc})") from None
     table.columns = [str(c).strip() for c in table.columns]

@@ -5,6 +5,7 @@ See docs/data.md#splits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,9 @@ import pandas as pd
 
 from clip_har.config import DEFAULT_NEAR_DISTANCE, DEFAULT_SPLIT_RATIOS
 from clip_har.data.duplicates import duplicate_group_ids
+from clip_har.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _UNLABELLED = "<unlabelled>"
@@ -44,7 +48,13 @@ def split_manifest(
     seed: int = 0,
     near_distance: int = DEFAULT_NEAR_DISTANCE,
 ) -> SplitResult:
-    """Assign ``split`` to every row; duplicates share a split; report counts and leakage."""
+    """Assign ``split`` to every row; duplicates share a split; report counts and leakage.
+
+    An empty manifest is a :class:`DataError`; a split left empty despite a positive
+    ratio (too few rows) is logged as a warning.
+    """
+    if frame.empty:
+        raise DataError("the manifest has no rows to split")
     manifest = frame.reset_index(drop=True).copy()
     groups = duplicate_group_ids(manifest, max_distance=near_distance).to_numpy()
     labels = manifest["label"].fillna(_UNLABELLED).astype(str).to_numpy()
@@ -75,11 +85,12 @@ def split_manifest(
         for label, goal in goals.items()
     }
     manifest["split"] = pd.array(assignment, dtype="string")
+    counts = {s: int((assignment == s).sum()) for s in SPLITS}
     report = {
         "ratios": dict(zip(SPLITS, ratios, strict=True)),
         "seed": seed,
         "near_distance": near_distance,
-        "counts": {s: int((assignment == s).sum()) for s in SPLITS},
+        "counts": counts,
         "per_class": per_class,
         "max_deviation_from_target": max(
             (abs(c["actual"][s] - c["target"][s]) for c in per_class.values() for s in SPLITS),
@@ -87,6 +98,14 @@ def split_manifest(
         ),
         "cross_split_leakage": leakage(manifest, groups),
     }
+    for name, ratio in zip(SPLITS, ratios, strict=True):
+        if ratio > 0 and not counts[name]:
+            logger.warning(
+                "the %s split is empty: %d row(s) are too few for ratio %s",
+                name,
+                len(manifest),
+                ratio,
+            )
     return SplitResult(manifest, report)
 
 

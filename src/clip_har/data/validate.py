@@ -23,7 +23,7 @@ from clip_har.data.hashing import perceptual_hash
 from clip_har.data.manifest import conform
 from clip_har.data.reasons import REASONS
 from clip_har.data.report import build_report
-from clip_har.errors import ImageLoadError, ImageProblem
+from clip_har.errors import DataError, ImageLoadError, ImageProblem
 from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, load_image
 
 __all__ = [
@@ -63,6 +63,20 @@ class ValidationResult:
     manifest: pd.DataFrame
     rejected: pd.DataFrame
     report: dict[str, Any] = field(default_factory=dict)
+
+    def require_accepted(self) -> None:
+        """Raise :class:`DataError` saying why when no row was accepted (nothing to write)."""
+        if len(self.manifest):
+            return
+        if self.rejected.empty:
+            raise DataError("the manifest has no rows to validate")
+        by_reason = self.rejected["reason"].value_counts().sort_index()
+        first = self.rejected.iloc[0]
+        reasons = ", ".join(f"{code}: {count}" for code, count in by_reason.items())
+        raise DataError(
+            f"all {len(self.rejected)} row(s) were rejected ({reasons}; e.g. {first['path']}: "
+            f"{first['detail']}); no image is usable, so nothing was written"
+        )
 
 
 def check_file(
@@ -161,8 +175,13 @@ def validate(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     near_distance: int = DEFAULT_MAX_DISTANCE,
     progress: ProgressCallback | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> ValidationResult:
-    """Validate every row of a manifest; see the module docstring for the reason codes."""
+    """Validate every row of a manifest; see the module docstring for the reason codes.
+
+    ``manifest`` names the manifest ``frame`` came from in the report (see
+    :func:`clip_har.data.manifest.manifest_info`).
+    """
     if min_side < 1:
         raise ValueError(f"min_side must be at least 1, got {min_side}")
     if max_pixels < 1:
@@ -210,5 +229,6 @@ def validate(
         classes=classes,
         near_distance=near_distance,
         settings={"min_side": min_side, "max_pixels": max_pixels, "near_distance": near_distance},
+        manifest=manifest,
     )
     return ValidationResult(manifest=clean, rejected=rejected, report=report)

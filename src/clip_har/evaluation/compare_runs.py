@@ -5,6 +5,7 @@ side, each against the first. See docs/evaluation.md#comparing-runs.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from clip_har.errors import ClipHarError, EvaluationError
 from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 from clip_har.evaluation.compare import compare_predictions
 from clip_har.evaluation.metrics import EvalArrays
+from clip_har.evaluation.provenance import NOT_RECORDED, EvaluationSource
 from clip_har.evaluation.run import DETAILS_FILE, PREDICTIONS_FILE
 from clip_har.io import (
     REPORT_CSS,
     esc,
     html_table,
     png_base64,
+    read_text_input,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -34,11 +37,13 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation's per-image predictions and its class list."""
+    """One evaluation's per-image predictions, its class list and its source (None for an
+    evaluation made before clip-har recorded it)."""
 
     name: str
     predictions: pd.DataFrame
     class_names: list[str]
+    source: EvaluationSource | None = None
 
 
 def load_evaluation(reference: str, download_to: Path) -> Evaluation:
@@ -52,20 +57,20 @@ def load_evaluation(reference: str, download_to: Path) -> Evaluation:
         raise EvaluationError(
             f"{reference}: not an evaluation folder or MLflow run (missing {', '.join(missing)})"
         )
-    class_names = _class_names(files[1])
-    return Evaluation(reference, _predictions(files[0], class_names), class_names)
+    class_names, source = _details(files[1])
+    return Evaluation(reference, _predictions(files[0], class_names), class_names, source)
 
 
-def _class_names(path: Path) -> list[str]:
-    """The class list of an evaluation's metrics_full.json."""
+def _details(path: Path) -> tuple[list[str], EvaluationSource | None]:
+    """The class list and the source of an evaluation's metrics_full.json."""
     try:
-        details = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        details = json.loads(read_text_input(path, "evaluation details", EvaluationError))
+    except json.JSONDecodeError as exc:
         raise EvaluationError(f"{path}: not valid JSON ({exc})") from None
     names = details.get("class_names") if isinstance(details, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise EvaluationError(f"{path}: has no 'class_names' list: not a clip-har evaluation")
-    return names
+    return names, EvaluationSource.from_json(details.get("source"))
 
 
 def _predictions(path: Path, class_names: list[str]) -> pd.DataFrame:
@@ -73,8 +78,9 @@ def _predictions(path: Path, class_names: list[str]) -> pd.DataFrame:
     predictions that are among ``class_names``."""
     text = {"label": "string", "predicted": "string", "sha256": "string", "path": "string"}
     try:
-        predictions = pd.read_csv(path, dtype=text)
-    except ValueError as exc:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
+        csv = read_text_input(path, "predictions table", EvaluationError)
+        predictions = pd.read_csv(io.StringIO(csv), dtype=text)
+    except ValueError as exc:  # pandas' ParserError and EmptyDataError
         raise EvaluationError(f"{path}: not a readable CSV table ({exc})") from None
     missing = sorted({"path", "label", "predicted"} - set(predictions.columns))
     if missing:
@@ -146,12 +152,38 @@ def compare_evaluations(
         a, b, unmatched = _paired(base, other)
         result = compare_predictions(a, b, n_bootstrap=n_bootstrap, seed=seed)
         rows.append({"baseline": base.name, "model": other.name, "unpaired": unmatched, **result})
-    report = {"baseline": base.name, "comparisons": rows}
+    report = {
+        "baseline": base.name,
+        "sources": [
+            {"name": e.name, "source": None if e.source is None else e.source.to_json()}
+            for e in evaluations
+        ],
+        "warnings": list(
+            dict.fromkeys(e.source.warning for e in evaluations if e.source and e.source.warning)
+        ),
+        "comparisons": rows,
+    }
     write_json_atomic(output / "compare.json", report)
     plot = _delta_plot(rows, output / "compare_delta.png")
-    write_text_atomic(output / "compare.md", _markdown(rows))
-    write_text_atomic(output / "compare.html", _html(rows, plot))
+    write_text_atomic(output / "compare.md", _markdown(report))
+    write_text_atomic(output / "compare.html", _html(report, plot))
     return report
+
+
+SOURCE_HEADERS = ("evaluation", "backbone", "strategy", "data", "rows", "data sha256")
+
+
+def source_rows(sources: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per evaluation of a comparison's ``sources``: the model and the data it came
+    from ("not recorded" for an evaluation made before clip-har recorded them)."""
+    rows = []
+    for entry in sources:
+        source = EvaluationSource.from_json(entry["source"])
+        fields = dict(source.rows()) if source is not None else {}
+        rows.append(
+            (str(entry["name"]), *(fields.get(h, NOT_RECORDED) for h in SOURCE_HEADERS[1:]))
+        )
+    return rows
 
 
 def _interval(ci: list[float] | None) -> str:
@@ -176,26 +208,37 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 HEADERS = ("model", "accuracy", "Δ accuracy [95% CI]", "Δ macro-F1 [95% CI]", "McNemar p", "n")
 
 
-def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [f"# Comparison with {rows[0]['baseline']}", ""]
-    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+def _markdown_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Comparison with {report['baseline']}", ""]
+    for note in report["warnings"]:
+        lines += [f"**Warning:** {note}", ""]
+    lines += _markdown_table(HEADERS, table_rows(report["comparisons"]))
     lines += [
         "",
         "McNemar counts: baseline right & model wrong / baseline wrong & model right.",
         "",
     ]
+    lines += ["## Sources", "", *_markdown_table(SOURCE_HEADERS, source_rows(report["sources"]))]
+    lines.append("")
     lines.append("![deltas](compare_delta.png)")
     return "\n".join(lines) + "\n"
 
 
-def _html(rows: list[dict[str, Any]], plot: str) -> str:
-    cells = [tuple(esc(c) for c in row) for row in table_rows(rows)]
+def _html(report: dict[str, Any], plot: str) -> str:
+    cells = [tuple(esc(c) for c in row) for row in table_rows(report["comparisons"])]
+    sources = [tuple(esc(c) for c in row) for row in source_rows(report["sources"])]
+    warnings = "".join(f"<p><b>Warning:</b> {esc(note)}</p>" for note in report["warnings"])
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Comparison</title>"
         f"<style>{REPORT_CSS}</style></head><body>"
-        f"<h1>Comparison with {esc(rows[0]['baseline'])}</h1>"
+        f"<h1>Comparison with {esc(report['baseline'])}</h1>{warnings}"
         f"{html_table(list(HEADERS), cells)}"
+        f"<h2>Sources</h2>{html_table(list(SOURCE_HEADERS), sources)}"
         f"<img alt='deltas' src='data:image/png;base64,{plot}'></body></html>\n"
     )
 

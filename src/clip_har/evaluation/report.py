@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clip_har.evaluation.provenance import EvaluationSource
 from clip_har.io import REPORT_CSS, esc, html_table, write_text_atomic
 
 __all__ = ["HTML_FILE", "MARKDOWN_FILE", "render_html", "render_markdown", "write_report"]
@@ -108,9 +109,11 @@ def _per_class(metrics: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def _warnings(metrics: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
+def _warnings(
+    metrics: Mapping[str, Any], meta: Mapping[str, Any], source: EvaluationSource | None
+) -> list[str]:
     """Plain-text caveats a reader must know before trusting the numbers."""
-    notes = []
+    notes = [source.warning] if source is not None and source.warning else []
     absent = list(metrics.get("classes_without_support") or [])
     if absent:
         notes.append(
@@ -174,16 +177,21 @@ def render_markdown(
     plots: Mapping[str, str | os.PathLike[str]],
     *,
     base: str | os.PathLike[str] | None = None,
+    source: EvaluationSource | None = None,
 ) -> str:
-    """``report.md``: run, summary and per-class tables, warnings and the plots.
+    """``report.md``: source, run, summary and per-class tables, warnings and the plots.
 
     Plots are linked relative to ``base`` (the folder the Markdown is written to); without
     it, by file name.
     """
     parts = ["# Evaluation report", ""]
-    notes = _warnings(metrics, meta)
+    if source is not None:
+        parts += [_md(source.title), ""]
+    notes = _warnings(metrics, meta, source)
     if notes:
         parts += ["## Warnings", "", *(f"- **Warning:** {_md(note)}" for note in notes), ""]
+    if source is not None:
+        parts += ["## Source", "", _md_table(("field", "value"), source.rows(), 2), ""]
     parts += ["## Summary", "", _md_table(("metric", "value", "95% CI"), _summary(metrics), 1), ""]
     parts += ["## Per class", "", _md_table(PER_CLASS_HEADERS, _per_class(metrics), 1), ""]
     figures = _plots(plots)
@@ -215,9 +223,11 @@ def render_html(
     metrics: Mapping[str, Any],
     meta: Mapping[str, Any],
     plots: Mapping[str, str | os.PathLike[str]],
+    *,
+    source: EvaluationSource | None = None,
 ) -> str:
-    """A self-contained page: summary cards with intervals, warnings, tables and every plot
-    embedded as a data URI (no script, no external resource)."""
+    """A self-contained page: the source, summary cards with intervals, warnings, tables and
+    every plot embedded as a data URI (no script, no external resource)."""
     macro: Mapping[str, Any] = metrics.get("macro") or {}
     top_k: Mapping[str, Any] = metrics.get("top_k_accuracy") or {}
     cards = [
@@ -233,8 +243,12 @@ def render_html(
         _card("ECE", _number(metrics.get("ece"))),
         _card("images evaluated", _number(metrics.get("n_evaluated"))),
     ]
-    subtitle = " · ".join(
-        f"{key} {value}" for key, value in _meta(meta) if key in ("bundle", "split")
+    subtitle = (
+        f"{source.title} · backbone {source.backbone_label} · strategy {source.strategy}"
+        if source is not None
+        else " · ".join(
+            f"{key} {value}" for key, value in _meta(meta) if key in ("bundle", "split")
+        )
     )
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -246,10 +260,13 @@ def render_html(
         *cards,
         "</div>",
     ]
-    notes = _warnings(metrics, meta)
+    notes = _warnings(metrics, meta, source)
     if notes:
         parts.append("<h2>Warnings</h2>")
         parts += [f"<p class='warn'>{esc(note)}</p>" for note in notes]
+    if source is not None:
+        parts.append("<h2>Source</h2>")
+        parts.append(html_table(["field", "value"], [(esc(k), esc(v)) for k, v in source.rows()]))
     parts.append("<h2>Summary</h2>")
     parts.append(
         html_table(
@@ -292,12 +309,15 @@ def write_report(
     meta: Mapping[str, Any],
     plots: Mapping[str, str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
+    *,
+    source: EvaluationSource | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into ``out_dir`` (atomically); their paths."""
+    """Write ``report.md`` and ``report.html`` into ``out_dir`` (atomically); their paths.
+    ``source`` (the model and data evaluated) heads both, with its warnings."""
     folder = Path(out_dir)
     markdown = write_text_atomic(
-        folder / MARKDOWN_FILE, render_markdown(metrics, meta, plots, base=folder)
+        folder / MARKDOWN_FILE, render_markdown(metrics, meta, plots, base=folder, source=source)
     )
-    page = write_text_atomic(folder / HTML_FILE, render_html(metrics, meta, plots))
+    page = write_text_atomic(folder / HTML_FILE, render_html(metrics, meta, plots, source=source))
     logger.info("wrote %s and %s", markdown, page)
     return markdown, page

@@ -17,13 +17,15 @@ import numpy as np
 import pandas as pd
 
 from clip_har.data.manifest import read_manifest
-from clip_har.errors import ClipHarError, EvaluationError
+from clip_har.errors import ClipHarError, EvaluationError, UsageError
 from clip_har.evaluation import BOOTSTRAP_RESAMPLES
 from clip_har.evaluation.metrics import EvalArrays, compute_metrics, summary
 from clip_har.evaluation.plots import write_plots
+from clip_har.evaluation.provenance import EvaluationSource
 from clip_har.evaluation.report import write_report
 from clip_har.inference.predictor import PredictOptions, Predictor
 from clip_har.io import write_json_atomic, write_text_atomic
+from clip_har.models.bundle import open_bundle
 from clip_har.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ METRICS_FILE = "metrics.json"  # flat scalars + per-class scores: what `dvc metr
 DETAILS_FILE = "metrics_full.json"  # everything, confusion matrices and reliability included
 PREDICTIONS_FILE = "predictions.csv"
 PREDICTION_COLUMNS = ("path", "sha256", "label", "predicted", "confidence", "correct", "error")
+DEFAULT_SPLIT = "test"  # evaluated when none is named and the manifest has splits
+ALL_SPLITS = "all"  # --split all: every row
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,33 @@ class EvaluationOutcome:
     images_per_second: float
     unreadable: int
     unknown_labels: dict[str, int]
+    source: EvaluationSource
 
 
-def select_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
-    """The labelled rows of ``split`` (every row for ``all`` or an unsplit manifest)."""
-    if split != "all" and manifest["split"].notna().any():
+def resolve_split(manifest: pd.DataFrame, requested: str | None, data: Path) -> str | None:
+    """The split to evaluate, None for every row.
+
+    Without ``requested``: :data:`DEFAULT_SPLIT` when the manifest has splits, else every
+    row. ``all`` is every row. Naming another split of a manifest without splits is a usage
+    error: it has no rows of that split.
+    """
+    has_splits = bool(manifest["split"].notna().any())
+    if requested is None:
+        return DEFAULT_SPLIT if has_splits else None
+    if requested == ALL_SPLITS:
+        return None
+    if not has_splits:
+        raise UsageError(
+            f"--split {requested}: {data} has no split column, so it has no '{requested}' "
+            f"rows; split it first (`clip-har data split {data} -o DIR`), or leave out "
+            "--split to evaluate every row"
+        )
+    return requested
+
+
+def select_rows(manifest: pd.DataFrame, split: str | None) -> pd.DataFrame:
+    """The labelled rows of ``split`` (every row when None, see :func:`resolve_split`)."""
+    if split is not None:
         chosen = manifest[manifest["split"].eq(split).fillna(False)]
         if chosen.empty:
             present = ", ".join(sorted(manifest["split"].dropna().unique()))
@@ -111,7 +137,7 @@ def evaluate(
     data: Path,
     output: Path,
     *,
-    split: str = "test",
+    split: str | None = None,
     format: str = "torch",
     options: PredictOptions | None = None,
     n_bootstrap: int = BOOTSTRAP_RESAMPLES,
@@ -122,9 +148,14 @@ def evaluate(
     """Predict every selected row with the bundle and write the full evaluation to ``output``
     (and log its metrics and files to ``tracker``, when given). ``options`` (batch size and
     image guards; default: the settings' defaults) are those ``predict`` uses, so both
-    read the same images as unusable."""
-    rows = select_rows(read_manifest(data), split)
+    read the same images as unusable. ``split``: see :func:`resolve_split`."""
+    manifest = read_manifest(data)
+    selected = resolve_split(manifest, split, data)
+    rows = select_rows(manifest, selected)
     predictor = _open_predictor(bundle, format, options or PredictOptions())
+    source = EvaluationSource.describe(bundle, open_bundle(bundle).manifest, data, selected, format)
+    if source.warning:
+        logger.warning("%s", source.warning)
     classes = predictor.class_names
     known = rows["label"].isin(classes)
     unknown = rows.loc[~known, "label"].value_counts().to_dict()
@@ -154,23 +185,24 @@ def evaluate(
     plots = write_plots(y_true, probs_ok, paths, list(classes), metrics, output)
     unreadable = int((~readable).sum())
     meta = {
-        "bundle": bundle,
-        "data": str(data),
-        "split": split,
-        "format": format,
         "images": len(rows),
         "unreadable": unreadable,
         "unknown_labels": unknown,
         "seconds": round(seconds, 3),
     }
-    write_report(metrics, meta, plots, output)
+    write_report(metrics, meta, plots, output, source=source)
     flat = summary(metrics) | {"unreadable": unreadable}
     per_class = {
         name: {k: v for k, v in scores.items() if k in ("precision", "recall", "f1", "support")}
         for name, scores in metrics["per_class"].items()
     }
-    write_json_atomic(output / METRICS_FILE, flat | {"per_class": per_class}, sort_keys=True)
-    write_json_atomic(output / DETAILS_FILE, metrics | {"meta": meta}, sort_keys=True)
+    recorded = {"per_class": per_class, "source": source.to_json()}
+    write_json_atomic(output / METRICS_FILE, flat | recorded, sort_keys=True)
+    write_json_atomic(
+        output / DETAILS_FILE,
+        metrics | {"meta": meta, "source": source.to_json()},
+        sort_keys=True,
+    )
     write_text_atomic(
         output / PREDICTIONS_FILE, predictions.to_csv(index=False, lineterminator="\n")
     )
@@ -178,4 +210,4 @@ def evaluate(
         tracker.log_metrics(flat, step=0)
         tracker.log_artifact(output, name="evaluation")
     rate = len(rows) / seconds if seconds > 0 else float("inf")
-    return EvaluationOutcome(metrics, predictions, output, rate, unreadable, unknown)
+    return EvaluationOutcome(metrics, predictions, output, rate, unreadable, unknown, source)

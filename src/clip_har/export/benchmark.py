@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -44,9 +46,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
+    "DEFAULT_MAX_SECONDS",
     "OUTPUT_FILES",
     "BenchmarkConfig",
     "BenchmarkResult",
+    "Timings",
     "benchmark_pixels",
     "check_formats",
     "interleaved_timings",
@@ -60,6 +64,7 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_MAX_SECONDS = 90.0  # warm-up + timing of the whole run; see BenchmarkConfig
 OUTPUT_FILES = {"json": "benchmark.json", "markdown": "benchmark.md", "chart": "benchmark.png"}
 REFERENCE = REFERENCE_FORMAT
 WORKER_TIMEOUT_S = 900.0
@@ -108,9 +113,12 @@ def check_formats(names: Sequence[str]) -> tuple[str, ...]:
 class BenchmarkConfig:
     """What to measure and how long.
 
-    ``threads`` None means every usable core. A batch size is timed until every format
-    has ``min_iterations`` samples and ``min_seconds`` of timed work (see
-    docs/export.md#benchmark); ``warmup`` untimed calls per format and batch size come first.
+    ``threads`` None means every usable core. At each batch size, every format is timed
+    until it has ``min_iterations`` samples and ``min_seconds`` of timed work, or until its
+    share of ``max_seconds`` is spent (it is then marked cut short); ``warmup`` untimed
+    calls per format and batch size come first. ``max_seconds`` bounds the warm-up and
+    timing of all batch sizes together: each batch size gets what is left divided by the
+    batch sizes left (docs/export.md#benchmark).
     """
 
     formats: tuple[str, ...] = (REFERENCE,)
@@ -119,9 +127,10 @@ class BenchmarkConfig:
     warmup: int = 2
     min_iterations: int = 5
     min_seconds: float = 3.0
+    max_seconds: float = DEFAULT_MAX_SECONDS
     device: str = "cpu"
     data: Path | None = None  # photos (folder or data manifest); None: seeded synthetic images
-    force: bool = False  # use exports whose parity gate failed or never ran
+    ignore_parity: bool = False  # use exports whose parity gate failed or never ran
     seed: int = 0
     measure_memory: bool = True  # peak RSS per format, in a child process each
     energy_seconds: float = 2.0  # per format and batch size, when a power counter exists
@@ -138,6 +147,8 @@ class BenchmarkConfig:
             raise ClipHarError(f"min_iterations must be at least 1, got {self.min_iterations}")
         if self.min_seconds < 0 or self.energy_seconds < 0:
             raise ClipHarError("min_seconds and energy_seconds must not be negative")
+        if not self.max_seconds >= 0:  # NaN too
+            raise ClipHarError(f"max_seconds must be 0 or more, got {self.max_seconds}")
         parse_device(self.device)  # raises UsageError naming the accepted devices
 
     @property
@@ -152,9 +163,10 @@ class BenchmarkConfig:
             "warmup": self.warmup,
             "min_iterations": self.min_iterations,
             "min_seconds": self.min_seconds,
+            "max_seconds": self.max_seconds,
             "device": self.device,
             "data": None if self.data is None else str(self.data),
-            "force": self.force,
+            "ignore_parity": self.ignore_parity,
             "seed": self.seed,
             "measure_memory": self.measure_memory,
             "energy_seconds": self.energy_seconds,
@@ -212,44 +224,85 @@ def latency_stats(seconds: Sequence[float], batch_size: int) -> dict[str, float]
     }
 
 
+@dataclass(frozen=True)
+class Timings:
+    """The timed calls of one name in :func:`interleaved_timings` and why it stopped."""
+
+    seconds: list[float]
+    cut_short: bool = False  # the time budget stopped it before its minimums were met
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.seconds))
+
+
 def interleaved_timings(
     calls: Mapping[str, Callable[[], object]],
     *,
     min_iterations: int,
     min_seconds: float,
+    max_seconds: float = math.inf,
     clock: Callable[[], float] = time.perf_counter,
     on_sample: Callable[[str, float], None] | None = None,
-) -> dict[str, list[float]]:
-    """Time ``calls`` interleaved until each has ``min_iterations`` samples and
-    ``min_seconds`` of timed work; returns the seconds of every call, per name.
+    on_stop: Callable[[str, Timings], None] | None = None,
+) -> dict[str, Timings]:
+    """Time ``calls`` interleaved; every name stops on its own (docs/export.md#benchmark).
 
-    The next call always goes to the name with the least timed seconds so far (ties: the
-    order of ``calls``), so equal-speed calls run A, B, C, A, B, C, ... and, at the end,
-    every name has been sampled across the same stretch of time for the same total time
-    (to within one of its own calls).
+    A name stops, with at least one sample, as soon as either holds:
+
+    - it has ``min_iterations`` samples and ``min_seconds`` of timed work (complete);
+    - its timed seconds reach its share of ``max_seconds`` (what the names already stopped
+      left of it, split evenly over those still running), or ``max_seconds`` of ``clock``
+      have passed since the start: it is *cut short*.
+
+    The next call always goes to the running name with the least timed seconds so far
+    (ties: fewest samples, then the order of ``calls``), so equal-speed calls run A, B, C,
+    A, B, C, ... and the running names are sampled across the same stretch of time. No name
+    waits for another: a slow and a fast one both end once each has met its own rule.
+    ``on_stop`` is told of each name as it stops.
     """
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     totals = dict.fromkeys(names, 0.0)
+    cut: dict[str, bool] = {}
+    running = list(names)
+    used_by_stopped = 0.0
+    start = clock()
 
-    def done() -> bool:
-        if not all(len(samples[n]) >= min_iterations and totals[n] >= min_seconds for n in names):
-            return False
-        # ... and the others have caught up with the longest to within one of their own calls
-        longest = max(totals.values())
-        return all(totals[n] + totals[n] / len(samples[n]) > longest for n in names)
+    def stop_reason(name: str, elapsed: float) -> str | None:
+        count = len(samples[name])
+        if count >= max(min_iterations, 1) and totals[name] >= min_seconds:
+            return "complete"
+        if count == 0:
+            return None
+        share = (max_seconds - used_by_stopped) / len(running)
+        if totals[name] >= share or elapsed >= max_seconds:
+            return "cut short"
+        return None
 
-    while names and not done():
-        name = min(names, key=lambda n: (totals[n], len(samples[n])))
+    while running:
+        elapsed = clock() - start
+        for name in list(running):
+            reason = stop_reason(name, elapsed)
+            if reason is None:
+                continue
+            running.remove(name)
+            used_by_stopped += totals[name]
+            cut[name] = reason == "cut short"
+            if on_stop is not None:
+                on_stop(name, Timings(samples[name], cut_short=cut[name]))
+        if not running:
+            break
+        name = min(running, key=lambda n: (totals[n], len(samples[n])))
         call = calls[name]
-        start = clock()
+        began = clock()
         call()
-        seconds = clock() - start
+        seconds = clock() - began
         samples[name].append(seconds)
         totals[name] += seconds
         if on_sample is not None:
             on_sample(name, seconds)
-    return samples
+    return {name: Timings(samples[name], cut_short=cut.get(name, False)) for name in names}
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -320,7 +373,7 @@ def _peak_rss(
         config.device,
         "--seed",
         str(config.seed),
-        *(["--force"] if config.force else []),
+        *(["--ignore-parity"] if config.ignore_parity else []),
     ]
     try:
         done = subprocess.run(
@@ -442,7 +495,7 @@ def run_benchmark(
     """Benchmark ``config.formats`` of ``bundle`` side by side (docs/export.md#benchmark).
 
     Formats that cannot load or run (no such export, a failed parity gate without
-    ``force``, no CUDA for TensorRT, ...) are skipped with the reason; the rest still run
+    ``ignore_parity``, no CUDA for TensorRT, ...) are skipped with the reason; the rest still run
     (:class:`~clip_har.errors.ClipHarError` when none can).
     ``output`` receives benchmark.json, .md and .png; ``tracker`` (already started) gets
     the metrics and the three files. Sets torch's intra-op thread count to
@@ -466,7 +519,7 @@ def run_benchmark(
     real_photos = config.data is not None
     meter, energy = _energy_meter(config.device)
 
-    options = EngineOptions(threads=threads, device=config.device, force=config.force)
+    options = EngineOptions(threads=threads, device=config.device, force=config.ignore_parity)
     engines: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -488,9 +541,12 @@ def run_benchmark(
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
         raise ClipHarError(f"no format could be benchmarked ({reasons})")
 
-    timings: dict[tuple[str, int], list[float]] = {}
+    timings: dict[tuple[str, int], Timings] = {}
     joules: dict[tuple[str, int], float | None] = {}
-    for batch_size in config.batch_sizes:
+    deadline = time.perf_counter() + config.max_seconds  # warm-up + timing, all batch sizes
+    for index, batch_size in enumerate(config.batch_sizes):
+        started = time.perf_counter()
+        budget = max(deadline - started, 0.0) / (len(config.batch_sizes) - index)
         batch = np.ascontiguousarray(pixels[:batch_size])
         calls: dict[str, Callable[[], object]] = {}
         for name, engine in list(engines.items()):
@@ -506,12 +562,31 @@ def run_benchmark(
                 del engines[name]
                 continue
             calls[name] = _bound(engine, batch)
-        log.info("timing batch size %d: %s", batch_size, ", ".join(calls) or "nothing")
-        samples = interleaved_timings(
-            calls, min_iterations=config.min_iterations, min_seconds=config.min_seconds
+        left = max(budget - (time.perf_counter() - started), 0.0)
+        log.info(
+            "timing batch size %d for up to %.1f s: %s",
+            batch_size,
+            left,
+            ", ".join(calls) or "nothing",
         )
-        for name, seconds in samples.items():
-            timings[name, batch_size] = seconds
+        samples = interleaved_timings(
+            calls,
+            min_iterations=config.min_iterations,
+            min_seconds=config.min_seconds,
+            max_seconds=left,
+            on_stop=lambda _name, _timed: advance(),
+        )
+        for name, timed in samples.items():
+            timings[name, batch_size] = timed
+            if timed.cut_short:
+                log.warning(
+                    "%s at batch size %d: cut short by the time bound after %d batches "
+                    "(%.2f s timed); raise --max-seconds for the full minimums",
+                    name,
+                    batch_size,
+                    len(timed.seconds),
+                    timed.total,
+                )
             joules[name, batch_size] = None
             if meter is not None:
                 try:
@@ -520,7 +595,6 @@ def run_benchmark(
                     )
                 except Exception as exc:
                     energy.setdefault("errors", {})[f"{name}@{batch_size}"] = _reason(exc)
-            advance()
         for _ in set(formats) - set(samples):
             advance()
 
@@ -533,12 +607,22 @@ def run_benchmark(
     gc.collect()
     memory: dict[str, dict[str, Any]] = {}
     if config.measure_memory:
-        for name in formats:
-            if name in running:
-                memory[name] = _peak_rss(opened.directory, name, largest, config)
+        for _ in set(formats) - running:
+            advance()
+        # one child process per format, as many at a time as there are cores: a child's
+        # peak RSS is its own, whatever runs beside it, and most of each is imports
+        probed = [name for name in formats if name in running]
+        with ThreadPoolExecutor(max_workers=max(1, min(usable_cores(), len(probed)))) as pool:
+            futures = {
+                pool.submit(_peak_rss, opened.directory, name, largest, config): name
+                for name in probed
+            }
+            for future in as_completed(futures):
+                name = futures[future]
+                memory[name] = future.result()
                 if "error" in memory[name]:
                     log.warning("peak RSS of %s: %s", name, memory[name]["error"])
-            advance()
+                advance()
 
     rows = _rows(measured, config.batch_sizes, timings, joules, info, memory)
     payload: dict[str, Any] = {
@@ -588,7 +672,7 @@ def _distinct(pixels: np.ndarray) -> int:
 def _rows(
     formats: Sequence[str],
     batch_sizes: Sequence[int],
-    timings: Mapping[tuple[str, int], list[float]],
+    timings: Mapping[tuple[str, int], Timings],
     joules: Mapping[tuple[str, int], float | None],
     info: Mapping[str, Mapping[str, Any]],
     memory: Mapping[str, Mapping[str, Any]],
@@ -596,11 +680,14 @@ def _rows(
     rows: list[dict[str, Any]] = []
     for batch_size in batch_sizes:
         reference = timings.get((REFERENCE, batch_size))
-        reference_rate = latency_stats(reference, batch_size)["images_per_s"] if reference else None
+        reference_rate = (
+            latency_stats(reference.seconds, batch_size)["images_per_s"] if reference else None
+        )
         for name in formats:
-            seconds = timings.get((name, batch_size))
-            if not seconds:
+            timed = timings.get((name, batch_size))
+            if timed is None or not timed.seconds:
                 continue
+            seconds = timed.seconds
             stats = latency_stats(seconds, batch_size)
             peak = memory.get(name, {}).get("peak_rss_mb")
             rows.append(
@@ -608,6 +695,8 @@ def _rows(
                     "format": name,
                     "batch_size": batch_size,
                     "iterations": len(seconds),
+                    "timed_s": round(timed.total, 3),
+                    "cut_short": timed.cut_short,
                     "p50_ms": round(stats["p50_ms"], 3),
                     "p90_ms": round(stats["p90_ms"], 3),
                     "p99_ms": round(stats["p99_ms"], 3),
@@ -671,20 +760,35 @@ def markdown_cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+CUT_SHORT_MARK = "†"
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The results as one Markdown table (latencies are per batch)."""
+    """The results as one Markdown table (latencies are per batch); a row the time bound
+    cut short has its format marked ``†``, explained under the table."""
     lines = [
         "| " + " | ".join(title for _, title in _COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),
     ]
     for row in rows:
-        lines.append("| " + " | ".join(markdown_cell(row.get(key)) for key, _ in _COLUMNS) + " |")
+        cells = [markdown_cell(row.get(key)) for key, _ in _COLUMNS]
+        if row.get("cut_short"):
+            cells[0] += f" {CUT_SHORT_MARK}"
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(row.get("cut_short") for row in rows):
+        lines += [
+            "",
+            f"{CUT_SHORT_MARK} cut short by the time bound (`--max-seconds`) before its minimum "
+            "batches and seconds: fewer samples than asked for.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def markdown_report(payload: Mapping[str, Any]) -> str:
     """benchmark.md: the table, then how it was measured, what was skipped and why."""
     config, machine, energy = payload["config"], payload["machine"], payload["energy"]
+    bound = config.get("max_seconds")  # None: unbounded (JSON has no infinity)
+    bound_text = "no time bound" if bound is None else f"a time bound of {bound:g} s"
     lines = [
         f"# Benchmark: {payload['bundle_name']} ({payload['backbone']})",
         "",
@@ -696,9 +800,10 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"Latency is per batch (ms); images/s = images / timed seconds. Input: "
         f"{'real photos' if payload['input']['real_photos'] else 'seeded synthetic images'} "
         f"({payload['input']['distinct_images']} distinct, "
-        f"{'x'.join(map(str, payload['input']['size']))}). Formats were timed interleaved "
-        f"until each had ≥ {config['min_iterations']} batches and ≥ {config['min_seconds']} s "
-        f"per batch size, after {config['warmup']} warm-up batches. Peak RSS: a fresh process "
+        f"{'x'.join(map(str, payload['input']['size']))}). Formats were timed interleaved, "
+        f"each until it had ≥ {config['min_iterations']} batches and ≥ {config['min_seconds']} s "
+        f"per batch size, after {config['warmup']} warm-up batches ({bound_text} on all "
+        "warm-up and timing). Peak RSS: a fresh process "
         f"loading one format and running one batch of {max(config['batch_sizes'])}. "
         "File MB: the exported artifact; for torch, the backbone checkpoint (whole model, "
         "text tower included) + head. Parity: from the export record, against torch fp32.",

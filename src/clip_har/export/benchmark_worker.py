@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--ignore-parity", action="store_true")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = rng.standard_normal((args.batch_size, 3, height, width), dtype=np.float32)
     baseline = peak_rss_mb()
     start = time.perf_counter()
-    options = EngineOptions(threads=args.threads, device=args.device, force=args.force)
+    options = EngineOptions(threads=args.threads, device=args.device, force=args.ignore_parity)
     engine = create_engine(bundle, args.format, options)
     load_s = time.perf_counter() - start
     engine.predict(pixels)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -121,6 +121,7 @@ class ExportSession:
         self.bundle = bundle
         self.options = options
         self.work = work
+        self.stage: Callable[[str], None] = lambda step: None  # names the current step
         self.backbone = bundle.load_backbone()
         self.classifier = bundle.load_classifier(self.backbone)
         config = bundle.manifest.preprocessing
@@ -158,6 +159,7 @@ class ExportSession:
             self.options.seed,
         )
         path = self.work / ("base-" + get_format("onnx-int8-static").file)
+        self.stage(f"calibrating on {len(pixels)} images")
         details = quantize_static_int8(
             self.base_onnx, path, pixels, self.options.calibration_method
         )
@@ -324,7 +326,9 @@ def export_bundle(
     """Export ``formats`` into ``directory/exports`` and record them in the manifest.
 
     Each artifact is written next to its final name and moved into place only once it
-    is complete; the manifest is rewritten atomically at the end."""
+    is complete; the manifest is rewritten atomically at the end. ``progress(name, done,
+    total)`` is called before each format and each slow step of one (its name is then
+    ``"NAME (step)"``: calibration, the parity check)."""
     options = options or ExportOptions()
     names = parse_formats(formats)
     bundle = open_bundle(directory)
@@ -337,6 +341,7 @@ def export_bundle(
         for done, name in enumerate(names):
             if progress is not None:
                 progress(name, done, len(names))
+                session.stage = partial(_report_stage, progress, name, done, len(names))
             try:
                 summary.records[name] = _export_one(session, name, exports)
             except ClipHarError as exc:
@@ -353,6 +358,13 @@ def export_bundle(
     if summary.records:
         summary.bundle = record_exports(bundle, list(summary.records.values()))
     return summary
+
+
+def _report_stage(
+    progress: Callable[[str, int, int], None], name: str, done: int, total: int, step: str
+) -> None:
+    """``progress`` for one step of exporting ``name``: "NAME (step)"."""
+    progress(f"{name} ({step})", done, total)
 
 
 def copy_bundle(source: str | Path, target: Path, *, overwrite: bool = False) -> Path:
@@ -393,6 +405,7 @@ def _export_one(session: ExportSession, name: str, exports: Path) -> ExportRecor
     staging = session.work / spec.file
     details = EXPORTERS[name].build(session, staging)
     precision = _precision(spec, details)
+    session.stage(f"parity check on {len(session.pixels)} images")
     parity = session.parity(spec, staging, precision, details)
     staging.replace(target)
     for companion in spec.companions:

@@ -7,6 +7,8 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,11 +52,29 @@ DEFAULT_MIN_SIDE = 32
 DEFAULT_MAX_PIXELS = 64_000_000
 """Images with more pixels are rejected from their header (``data.max_image_pixels``)."""
 
-# Image.open may warn about (or refuse) huge images. The warning filter is process
-# global, so it is changed under a lock; only the header parse happens inside it.
-_WARNINGS_LOCK = threading.Lock()
+# Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS: a warning above it, an
+# error above twice it) would answer huge images in its words and at its limit. The size
+# limit is ours: the header is parsed with Pillow's guard off, and decoders that re-check
+# it get ours. The setting and the warning filter are process global, so they change under
+# a lock, around the header parse and those decoders only.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 # Formats whose decoders re-check the decompression-bomb limit while decoding.
 _CHECKS_ON_LOAD = {"GIF", "ICO", "ICNS", "BLP", "DCX", "MIC", "GBR"}
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow refuses images over ``max_pixels`` (``None``: never) inside the block, and
+    never warns about their size."""
+    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        # Pillow errors above twice its setting (and only warns between the two)
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(1, max_pixels // 2)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _read_source(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[bytes, str | None]:
@@ -92,8 +112,11 @@ def _read_source(source: str | os.PathLike[str] | bytes | BinaryIO) -> tuple[byt
     return bytes(data), label
 
 
-def _too_large(pixels: int, limit: int) -> str:
-    return f"image too large ({pixels / 1e6:.1f} megapixels; limit is {limit / 1e6:.1f} megapixels)"
+def _too_large(pixels: int | None, limit: int) -> str:
+    """The one message for an image over the pixel limit (``pixels`` unknown: a frame the
+    decoder found too large)."""
+    size = "over the limit once decoded" if pixels is None else f"{pixels / 1e6:.1f} megapixels"
+    return f"image too large ({size}; limit is {limit / 1e6:.1f} megapixels)"
 
 
 def load_image(
@@ -113,11 +136,8 @@ def load_image(
         raise ImageLoadError(ImageProblem.EMPTY_FILE, "empty file (0 bytes)", name)
 
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _pillow_limit(None):  # the size is checked below, from the header
             image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(ImageProblem.TOO_LARGE, f"image too large ({exc})", name) from exc
     except UnidentifiedImageError as exc:
         raise ImageLoadError(
             ImageProblem.NOT_AN_IMAGE, "not an image (cannot identify image file)", name
@@ -139,13 +159,12 @@ def load_image(
 
     try:
         if image.format in _CHECKS_ON_LOAD:
-            with _WARNINGS_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _pillow_limit(max_pixels):
                 image.load()
         else:
             image.load()
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(ImageProblem.TOO_LARGE, f"image too large ({exc})", name) from exc
+        raise ImageLoadError(ImageProblem.TOO_LARGE, _too_large(None, max_pixels), name) from exc
     except Exception as exc:  # OSError, SyntaxError, ValueError, EOFError, struct.error, ...
         raise ImageLoadError(
             ImageProblem.CORRUPT_DATA,

@@ -17,7 +17,7 @@ from clip_har.errors import ClipHarError, ConfigError, ImageProblem
 from clip_har.imaging import ImageConfig, ImageLoadError, Preprocessor, load_image
 from clip_har.inference.engines import Engine, EngineOptions, TorchEngine, create_engine
 from clip_har.inference.formats import REFERENCE_FORMAT, TEXT_FORMAT, get_format
-from clip_har.io import file_sha256
+from clip_har.inference.inputs import CollectedInputs, InputProblem
 from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.models.classifier import TextEmbeddingCache, build_zero_shot_classifier
@@ -44,6 +44,11 @@ class FileResult:
     prediction: Prediction | None = None
     error: str | None = None
     code: ImageProblem | None = None
+
+    @classmethod
+    def for_problem(cls, problem: InputProblem) -> FileResult:
+        """The failed result of an input that gives no image (its ``path`` is the input)."""
+        return cls(Path(problem.input), error=problem.reason, code=problem.code)
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,7 @@ class OnnxOpenVocabulary:
             raise ClipHarError(f"the '{image.format}' engine has no ONNX embeddings output")
         path, record = bundle.export_file(TEXT_FORMAT, force=options.force)
         details = record.details
-        tokenizer = bundle.directory / str(details["tokenizer"])
-        if not tokenizer.is_file() or file_sha256(tokenizer) != details["tokenizer_sha256"]:
-            raise ClipHarError(
-                f"{tokenizer}: missing or changed since export (sha256 mismatch); re-run "
-                f"`clip-har export {bundle.directory} --formats {TEXT_FORMAT}`"
-            )
+        tokenizer = bundle.export_companion(record, "tokenizer")
         self.image = image
         self.prompts = bundle.manifest.prompts
         self.logit_scale = float(details["logit_scale"])
@@ -244,6 +244,16 @@ class Predictor:
             batch = self.preprocessor.batch(images[start : start + self.options.batch_size])
             results.extend(self.predict_pixels(batch))
         return results
+
+    def predict_inputs(self, inputs: CollectedInputs) -> Iterator[FileResult]:
+        """Yield one result per entry of ``inputs``, in order: a prediction or the reason for
+        each image, and a failed result for each input that gave no image."""
+        predictions = self.predict_files(inputs.paths)
+        for entry in inputs.entries:
+            if isinstance(entry, InputProblem):
+                yield FileResult.for_problem(entry)
+            else:
+                yield next(predictions)
 
     def predict_files(self, paths: Iterable[Path]) -> Iterator[FileResult]:
         """Yield one result per path, in order; unreadable files yield their reason.

@@ -20,6 +20,7 @@ from torch import nn
 
 from clip_har.errors import ModelUnavailableError, PreprocessingConfigError
 from clip_har.imaging import ImageConfig
+from clip_har.io import read_text_input
 from clip_har.models.presets import PRESET_MARKER, PRESETS, ensure_preset, is_preset
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,8 @@ def _has_random_weights(marker: Path) -> bool:
     if not marker.is_file():
         return False
     try:
-        content = json.loads(marker.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        content = json.loads(read_text_input(marker, "preset marker", ModelUnavailableError))
+    except json.JSONDecodeError as exc:
         raise ModelUnavailableError(f"{marker}: not valid JSON ({exc})") from None
     flag = content.get("random_weights", False) if isinstance(content, dict) else None
     if not isinstance(flag, bool):

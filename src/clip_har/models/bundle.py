@@ -25,11 +25,12 @@ from clip_har.io import (
     file_lock,
     file_sha256,
     git_commit,
+    read_text_input,
     replace_directory,
     staging_directory,
     write_text_atomic,
 )
-from clip_har.models.backbone import Backbone, ImageEncoder, load_backbone
+from clip_har.models.backbone import Backbone, ImageEncoder, content_hash, load_backbone
 from clip_har.models.classifier import HARClassifier
 from clip_har.models.heads import Head, head_class
 from clip_har.models.prompts import PromptSet
@@ -137,6 +138,7 @@ class Lineage(_Strict):
     git_commit: str | None = None
     data_version: str | None = None
     run_id: str | None = None
+    strategy: str | None = None  # the training strategy; None for older bundles
 
 
 class Manifest(_Strict):
@@ -177,15 +179,12 @@ class Bundle:
                 f"`clip-har export {self.directory} --formats {format}`"
             )
         path = self.directory / record.file
-        if not path.is_file():
+        changed = _changed(path, record.sha256, record.bytes)
+        if changed == _MISSING:
             raise BundleError(f"{path}: missing, but the manifest records a '{format}' export")
-        digest = file_sha256(path)
-        if digest != record.sha256:
-            size = path.stat().st_size
+        if changed is not None:
             raise BundleError(
-                f"{path}: corrupt or truncated ({size} bytes, sha256 {digest[:12]}…; the "
-                f"manifest records {record.bytes} bytes, sha256 {record.sha256[:12]}…). "
-                f"Re-run `clip-har export {self.directory} --formats {format}`."
+                f"{path}: {changed}. Re-run `clip-har export {self.directory} --formats {format}`."
             )
         if not record.passed and not force:
             reason = "has no parity result" if record.parity is None else "failed its parity gate"
@@ -197,9 +196,21 @@ class Bundle:
                     if record.parity is not None
                     else ""
                 )
-                + "; refusing to use it (force it to override)"
+                + "; refusing to use it (--ignore-parity uses it anyway)"
             )
         return path, record
+
+    def export_companion(self, record: ExportRecord, key: str) -> Path:
+        """The further file an export's ``details`` name under ``key``, unchanged since the
+        export (its sha256 is ``details[key + "_sha256"]``), such as text-onnx's tokenizer."""
+        path = self.directory / str(record.details[key])
+        changed = _changed(path, str(record.details[f"{key}{_HASH_SUFFIX}"]))
+        if changed is not None:
+            raise BundleError(
+                f"{path}: missing or changed since export ({changed}); re-run "
+                f"`clip-har export {self.directory} --formats {record.format}`"
+            )
+        return path
 
     def load_backbone(self, cache_dir: Path | None = None) -> Backbone:
         """The bundle's own backbone copy if it has one, else the recorded spec + revision."""
@@ -275,16 +286,34 @@ class Bundle:
 
 
 def open_bundle(directory: str | Path) -> Bundle:
-    """Open and validate a bundle; errors name the file and the field that is wrong."""
+    """Open and validate a bundle; errors name the file and the field that is wrong.
+
+    It checks the manifest and that the files it names exist, not their content: see
+    :func:`verify_bundle`."""
     directory = Path(directory)
-    manifest_path = directory / MANIFEST
     if not directory.is_dir():
         raise BundleError(f"bundle directory not found: {directory}")
+    manifest = read_manifest(directory)
+    head_path = directory / manifest.head.file
+    if not head_path.is_file():
+        raise BundleError(f"{head_path}: missing (named by field 'head.file')")
+    if manifest.encoder is not None and not (directory / manifest.encoder.file).is_file():
+        raise BundleError(
+            f"{directory / manifest.encoder.file}: missing (named by field 'encoder.file')"
+        )
+    if manifest.backbone.embedded and not (directory / BACKBONE_DIR).is_dir():
+        raise BundleError(f"{directory / BACKBONE_DIR}: missing but 'backbone.embedded' is true")
+    return Bundle(directory, manifest)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """The validated ``manifest.json`` of the bundle folder ``directory``."""
+    manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing (not a clip-har bundle?)")
     try:
-        raw = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = json.loads(read_text_input(manifest_path, "bundle manifest", BundleError))
+    except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{manifest_path}: must hold a JSON object")
@@ -301,16 +330,7 @@ def open_bundle(directory: str | Path) -> Bundle:
             f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors()
         )
         raise BundleError(f"{manifest_path}: {problems}") from None
-    head_path = directory / manifest.head.file
-    if not head_path.is_file():
-        raise BundleError(f"{head_path}: missing (named by field 'head.file')")
-    if manifest.encoder is not None and not (directory / manifest.encoder.file).is_file():
-        raise BundleError(
-            f"{directory / manifest.encoder.file}: missing (named by field 'encoder.file')"
-        )
-    if manifest.backbone.embedded and not (directory / BACKBONE_DIR).is_dir():
-        raise BundleError(f"{directory / BACKBONE_DIR}: missing but 'backbone.embedded' is true")
-    return Bundle(directory, manifest)
+    return manifest
 
 
 def record_exports(bundle: Bundle, records: list[ExportRecord], *, replace: bool = False) -> Bundle:
@@ -392,3 +412,140 @@ def _hub_revision(fingerprint: str) -> str | None:
     if fingerprint.startswith("sha256:") or "@" not in fingerprint:
         return None
     return fingerprint.rsplit("@", 1)[1]
+
+
+# --------------------------------------------------------------------------- verification
+
+_MISSING = "missing"
+_HASH_SUFFIX = "_sha256"  # an export detail ``x_sha256`` is the hash of the file ``details[x]``
+
+
+def _changed(path: Path, sha256: str, size: int | None = None) -> str | None:
+    """What differs between ``path`` and its recorded sha256 (and size): ``None`` when
+    nothing does, :data:`_MISSING` when there is no file."""
+    if not path.is_file():
+        return _MISSING
+    digest = file_sha256(path)
+    if digest == sha256:
+        return None
+    recorded = "" if size is None else f"{size} bytes, "
+    return (
+        f"corrupt or truncated ({path.stat().st_size} bytes, sha256 {digest[:12]}…; the "
+        f"manifest records {recorded}sha256 {sha256[:12]}…)"
+    )
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    """One file of a bundle as :func:`verify_bundle` found it: ``problem`` is ``None`` when
+    the file is sound, ``note`` says what was checked (or a warning that is no damage)."""
+
+    file: str  # relative to the bundle folder
+    role: str  # what the file is: manifest, head, encoder, backbone, export FORMAT, ...
+    problem: str | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify_bundle(directory: str | Path) -> list[FileVerdict]:
+    """Check every file of a bundle: the manifest, the head (loaded and checked against
+    the classes and embedding size), the encoder tensors, an embedded backbone (against
+    its content fingerprint when it has one) and every export and its companion files
+    against the sha256 the manifest records. Nothing is loaded from outside the folder.
+
+    Returns one verdict per file; raises :class:`BundleError` only when ``directory`` is
+    not a folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory not found: {directory}")
+    try:
+        manifest = read_manifest(directory)
+    except BundleError as exc:
+        return [FileVerdict(MANIFEST, "manifest", _reason(exc, directory / MANIFEST))]
+    bundle = Bundle(directory, manifest)
+    verdicts = [FileVerdict(MANIFEST, "manifest", note="valid (schema, fields)")]
+    verdicts.append(_verify_head(bundle))
+    if manifest.encoder is not None:
+        verdicts.append(_verify_encoder(bundle, manifest.encoder))
+    if manifest.backbone.embedded:
+        verdicts.append(_verify_backbone(bundle))
+    for name, record in manifest.exports.items():
+        verdicts.append(_verify_export(bundle, name, record))
+        for key in record.details:
+            if key.endswith(_HASH_SUFFIX) and key.removesuffix(_HASH_SUFFIX) in record.details:
+                verdicts.append(_verify_companion(bundle, record, key.removesuffix(_HASH_SUFFIX)))
+    return verdicts
+
+
+def _reason(exc: BundleError, path: Path) -> str:
+    """``exc``'s message without the leading ``path:`` (the table names the file)."""
+    return str(exc).removeprefix(f"{path}: ")
+
+
+def _verify_head(bundle: Bundle) -> FileVerdict:
+    info = bundle.manifest.head
+    path = bundle.directory / info.file
+    if not path.is_file():
+        return FileVerdict(info.file, "head", _MISSING)
+    try:
+        bundle.load_head()
+    except BundleError as exc:
+        return FileVerdict(info.file, "head", _reason(exc, path))
+    note = f"{info.type} head loads: {len(bundle.class_names)} classes"
+    return FileVerdict(info.file, "head", note=note)
+
+
+def _verify_encoder(bundle: Bundle, info: EncoderInfo) -> FileVerdict:
+    path = bundle.directory / info.file
+    if not path.is_file():
+        return FileVerdict(info.file, "encoder", _MISSING)
+    try:
+        count = len(load_file(path))
+    except (SafetensorError, OSError) as exc:
+        return FileVerdict(info.file, "encoder", f"cannot read encoder weights: {exc}")
+    if count != info.tensors:
+        return FileVerdict(
+            info.file, "encoder", f"{count} tensors; the manifest records {info.tensors}"
+        )
+    return FileVerdict(info.file, "encoder", note=f"{info.method}: {count} tensors load")
+
+
+def _verify_backbone(bundle: Bundle) -> FileVerdict:
+    folder = bundle.directory / BACKBONE_DIR
+    fingerprint = bundle.manifest.backbone.fingerprint
+    if not folder.is_dir():
+        return FileVerdict(f"{BACKBONE_DIR}/", "backbone", _MISSING)
+    if not fingerprint.startswith("sha256:"):  # a hub copy: the fingerprint is repo@commit
+        return FileVerdict(f"{BACKBONE_DIR}/", "backbone", note=f"present ({fingerprint})")
+    actual = f"sha256:{content_hash(folder)}"
+    if actual != fingerprint:
+        return FileVerdict(
+            f"{BACKBONE_DIR}/",
+            "backbone",
+            f"changed (fingerprint {actual[:19]}…; the manifest records {fingerprint[:19]}…)",
+        )
+    return FileVerdict(f"{BACKBONE_DIR}/", "backbone", note="fingerprint matches")
+
+
+def _verify_export(bundle: Bundle, name: str, record: ExportRecord) -> FileVerdict:
+    role = f"export {name}"
+    changed = _changed(bundle.directory / record.file, record.sha256, record.bytes)
+    if changed is not None:
+        return FileVerdict(record.file, role, changed)
+    if record.parity is None:
+        gate = "no parity result: engines refuse it without --ignore-parity"
+    elif not record.parity.passed:
+        gate = "failed its parity gate: engines refuse it without --ignore-parity"
+    else:
+        gate = "parity gate passed"
+    return FileVerdict(record.file, role, note=f"sha256 matches; {gate}")
+
+
+def _verify_companion(bundle: Bundle, record: ExportRecord, key: str) -> FileVerdict:
+    file = str(record.details[key])
+    changed = _changed(bundle.directory / file, str(record.details[key + _HASH_SUFFIX]))
+    note = "" if changed else "sha256 matches"
+    return FileVerdict(file, f"export {record.format} ({key})", changed, note)

@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clip_har.errors import ConfigError
+from clip_har.io import read_text_input
 from clip_har.resources import resolve_config_file
 
 
@@ -48,7 +49,7 @@ def load_prompt_set(name_or_path: str | Path) -> PromptSet:
     """Load a built-in prompt set by name (``actions``, ``minimal``, ``generic``) or a YAML file."""
     path = resolve_config_file("prompts", name_or_path, ".yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_input(path, "prompt set")) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a prompt set must be a mapping with 'templates'")
         return PromptSet(name=data.pop("name", path.stem), **data)
@@ -64,7 +65,8 @@ def load_prompt_set(name_or_path: str | Path) -> PromptSet:
 def load_class_names(name_or_path: str | Path) -> list[str]:
     """Class names from a built-in list (``har15``) or a text file, one name per line."""
     path = resolve_config_file("classes", name_or_path, ".txt")
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    text = read_text_input(path, "class list")
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return validate_class_names([line for line in lines if line], source=str(path))
 
 

@@ -18,7 +18,8 @@ from clip_har.config import Settings
 from clip_har.data.balance import class_weights
 from clip_har.data.manifest import manifest_path, read_manifest
 from clip_har.data.versioning import version
-from clip_har.errors import ClipHarError, DataVersionError
+from clip_har.errors import ClipHarError, DataVersionError, TrainingError
+from clip_har.io import plural
 from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.bundle import Bundle, save_bundle
 from clip_har.models.classifier import HARClassifier, TextEmbeddingCache
@@ -35,7 +36,7 @@ from clip_har.training.strategies import (
     get_strategy,
     zero_shot,
 )
-from clip_har.training.trainer import TrainConfig, Trainer
+from clip_har.training.trainer import FitProgress, TrainConfig, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,27 @@ def feature_data(
         max_pixels=settings.data.max_image_pixels,
         min_side=settings.data.min_image_side,
     )
+    train_total = 0
+
+    def train_progress(done: int, total: int) -> None:
+        nonlocal train_total
+        train_total = total
+        if progress is not None:
+            progress(done, total)
+
+    def val_progress(done: int, total: int) -> None:  # one count: val continues train's
+        if progress is not None:
+            progress(train_total + done, train_total + total)
+
     with rank_zero_first(dist):
-        train_x, train_y, train_stats = _embed(store, train_rows, classes, settings, progress)
-        val_x, val_y, val_stats = _embed(store, val_rows, classes, settings, progress)
+        train_x, train_y, train_stats = _embed(store, train_rows, classes, settings, train_progress)
+        val_x, val_y, val_stats = _embed(store, val_rows, classes, settings, val_progress)
+    for split, embedded, rows in (("train", train_x, train_rows), ("val", val_x, val_rows)):
+        if len(embedded) == 0:
+            raise TrainingError(
+                f"no {split} image could be read ({plural(len(rows), 'row')} in the {split} "
+                "split): run `clip-har data validate` and train on its accepted manifest"
+            )
     data = FeatureData(
         train_x=train_x,
         train_y=train_y,
@@ -160,11 +179,14 @@ def run_training(
     dist: DistContext | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    fit_progress: FitProgress | None = None,
 ) -> TrainOutcome:
     """Train ``settings.train.strategy`` on the split manifest at ``data``; write a bundle.
 
-    Under ``torchrun`` every rank calls this with its ``dist`` context; rank 0 alone
-    tracks and writes the bundle.
+    ``progress(done, total)`` follows the embedding of the train and val images (one
+    count), ``fit_progress`` every batch and epoch of a gradient-trained strategy. Under
+    ``torchrun`` every rank calls this with its ``dist`` context; rank 0 alone tracks,
+    reports progress and writes the bundle.
     """
     train = settings.train
     dist = dist or local_context()
@@ -210,6 +232,7 @@ def run_training(
             on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
             dist=dist,
             resume=resume,
+            progress=fit_progress,
         )
         baseline = zero_shot(features).val_accuracy
         result = _fit(strategy, settings, manifest, backbone, features, trainer)
@@ -229,7 +252,11 @@ def run_training(
                 backbone=backbone,
                 prompts=result.prompts,
                 metrics=metrics,
-                lineage={"data_version": data_version, "run_id": tracker.run_id},
+                lineage={
+                    "data_version": data_version,
+                    "run_id": tracker.run_id,
+                    "strategy": train.strategy,
+                },
                 encoder=result.encoder,
                 overwrite=overwrite,
             )

@@ -10,7 +10,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -52,7 +52,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CHECKPOINT_FILE",
     "TRAIN_DEFAULTS",
+    "FitProgress",
     "FitResult",
+    "FitStatus",
     "TrainConfig",
     "Trainer",
     "WarmupCosine",
@@ -148,6 +150,35 @@ class FitResult:
     history: list[dict[str, float]]  # per epoch: train_loss, lr, epoch_seconds + metrics
     final_loss: float  # mean train loss of the last epoch over all ranks
     stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class FitStatus:
+    """Where a fit stands, for a progress display (``Trainer(progress=...)``, rank 0 only).
+
+    ``stage`` is ``train`` while the epoch's batches run (``batch`` of ``batches`` done,
+    reported from 0), ``validate`` once they are done (``train_loss``, the epoch's mean
+    loss, is set from then on), and ``epoch`` when the epoch is scored: ``metrics`` is then
+    what ``validate`` returned (``val_accuracy`` by default). ``epoch`` counts from 1.
+    """
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    stage: Literal["train", "validate", "epoch"]
+    train_loss: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """How much of the whole fit is done, from 0 to 1 (whole epochs plus batches)."""
+        within = 1.0 if self.stage == "epoch" else self.batch / max(self.batches, 1)
+        return min(1.0, (self.epoch - 1 + within) / max(self.epochs, 1))
+
+
+FitProgress = Callable[[FitStatus], None]
+"""Called with each :class:`FitStatus` of a fit (after every batch and epoch)."""
 
 
 class WarmupCosine:
@@ -296,7 +327,8 @@ class Trainer:
     """Runs :meth:`fit`; what it does and saves: docs/training.md#the-trainer.
 
     ``blocks`` selects the modules FSDP shards one by one (default: Hugging Face encoder
-    layers). ``on_epoch(epoch, record)`` gets each history record on rank 0. Under
+    layers). ``on_epoch(epoch, record)`` gets each history record on rank 0, and
+    ``progress`` each :class:`FitStatus` (after every batch and epoch) on rank 0. Under
     ``torchrun`` every rank builds a Trainer with the same arguments (``checkpoint_dir``
     included: saving is collective even though rank 0 alone writes) and calls ``fit``.
     """
@@ -311,6 +343,7 @@ class Trainer:
         dist: DistContext | None = None,
         blocks: BlockSpec | None = None,
         resume: bool = False,
+        progress: FitProgress | None = None,
     ) -> None:
         self.config = config
         self.resume = resume
@@ -328,6 +361,7 @@ class Trainer:
         self.class_weights = class_weights
         self.checkpoint_dir = checkpoint_dir
         self.on_epoch = on_epoch
+        self.progress = progress
         self.blocks = blocks
 
     @property
@@ -345,6 +379,10 @@ class Trainer:
     def _warning(self, message: str, *args: object) -> None:
         if self.dist.is_main:
             logger.warning(message, *args)
+
+    def _report(self, status: FitStatus) -> None:
+        if self.progress is not None and self.dist.is_main:
+            self.progress(status)
 
     def fit(
         self,
@@ -442,7 +480,9 @@ class Trainer:
         """Train one epoch, validate, track the best state, checkpoint, report."""
         _set_epoch(parts.train, epoch)
         started = time.perf_counter()
-        train_loss, lr = self._train_epoch(parts, run)
+        train_loss, lr = self._train_epoch(parts, run, epoch)
+        epochs, batches = self.config.epochs, parts.batches
+        self._report(FitStatus(epoch + 1, epochs, batches, batches, "validate", train_loss))
         metrics = self._validate(parts.model, validate)
         if metric not in metrics:
             raise TrainingError(
@@ -485,6 +525,7 @@ class Trainer:
             self._save(parts, run, improved)
         if self.on_epoch is not None and self.dist.is_main:
             self.on_epoch(epoch, dict(record))
+        self._report(FitStatus(epoch + 1, epochs, batches, batches, "epoch", train_loss, metrics))
 
     def _autocast(self) -> AbstractContextManager[Any]:
         precision = self.config.precision
@@ -493,8 +534,9 @@ class Trainer:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.dist.device.type, dtype=dtype)
 
-    def _train_epoch(self, parts: _Parts, run: _Run) -> tuple[float, float]:
-        """One pass over ``train``; returns the mean loss over all ranks and the last lr.
+    def _train_epoch(self, parts: _Parts, run: _Run, epoch: int) -> tuple[float, float]:
+        """One pass over ``train`` (the 0-based ``epoch``); returns the mean loss over all
+        ranks and the last lr.
 
         Each micro-batch is normalised by the global (all-rank) weight of its examples, so
         DDP/FSDP gradient averaging yields the gradient of the global mean loss. A batch
@@ -509,6 +551,9 @@ class Trainer:
         pending = False  # gradients accumulated since the last optimizer step
         lr = parts.scheduler.get_last_lr()[0]
         seen = 0
+        report = self.progress is not None and context.is_main
+        if report:
+            self._report(FitStatus(epoch + 1, config.epochs, 0, parts.batches, "train"))
         for index, batch in enumerate(parts.train):
             inputs, labels = _unpack(batch, context.device)
             group_size = min(
@@ -560,6 +605,8 @@ class Trainer:
                 run.global_step += 1
                 pending = False
             seen = index + 1
+            if report:
+                self._report(FitStatus(epoch + 1, config.epochs, seen, parts.batches, "train"))
         if seen != parts.batches:
             raise TrainingError(
                 f"the train loader yielded {seen} batch(es) but its length is {parts.batches}"
