@@ -237,14 +237,18 @@ def _restore(retired: Path, target: Path) -> None:
 @contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive advisory lock (``flock``) on ``path``, created if absent, for the
-    block: a read-modify-write of a shared file by several processes or threads. Where
-    ``fcntl`` does not exist (Windows) the block runs unlocked."""
+    block: a read-modify-write of a shared file by several processes or threads. A folder
+    ``path`` is locked itself, so nothing is created in it (a bundle stays as it was).
+    Where ``fcntl`` does not exist (Windows) the block runs unlocked."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    if Path(path).is_dir():
+        descriptor = os.open(path, os.O_RDONLY)
+    else:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
@@ -351,11 +355,17 @@ padding:.6rem 1rem;min-width:8rem}.card b{display:block;font-size:1.5rem}
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """``"1 image"``, ``"3 images"``: ``count`` and ``noun`` in the right number. ``many`` is
     the plural when adding ``s`` (``es`` after s, x, ch, sh) is wrong (``"copies"``)."""
+    return f"{count} {noun_form(count, noun, many)}"
+
+
+def noun_form(count: int, noun: str, many: str | None = None) -> str:
+    """``noun`` in the number that ``count`` asks for, without the count (``"file"``,
+    ``"files"``); ``many`` as for :func:`plural`."""
     if count == 1:
-        return f"{count} {noun}"
+        return noun
     if many is None:
         many = noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
-    return f"{count} {many}"
+    return many
 
 
 def esc(value: Any) -> str:

@@ -58,7 +58,7 @@ def test_default_output_is_inside_the_bundle(
     ("args", "message"),
     [
         (["--batch-sizes", "0"], "batch sizes must be at least 1"),
-        (["--formats", "torch,onxx"], "unknown format(s) onxx"),
+        (["--formats", "torch,onxx"], "unknown format onxx"),
         (["--data", "/no/such/photos"], "no such file or folder"),
         (["--formats", "tensorrt"], "no format could be benchmarked"),
     ],

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_photo
 from typer.testing import CliRunner, Result
 
 from clip_har.cli.common import EXIT_FAILURE
 from clip_har.cli.main import app
-from clip_har.models.bundle import save_bundle, verify_bundle
+from clip_har.errors import BundleError
+from clip_har.models.bundle import EncoderDelta, open_bundle, save_bundle, verify_bundle
 from clip_har.models.classifier import build_zero_shot_classifier
 from clip_har.models.prompts import load_prompt_set
 
@@ -141,3 +143,70 @@ def test_bundle_help_says_which_command_verifies() -> None:
     assert "bundle verify" in re.sub(r"\s+", " ", show.stdout)
     verify = invoke("bundle", "verify", "--help")
     assert "sha256" in verify.stdout and "exits 1" in verify.stdout
+
+
+def overwrite_tensor_bytes(path: Path) -> None:
+    """Overwrite 4 bytes of tensor data (after the safetensors header): the file still
+    parses and every shape is right, only the weights differ."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start : start + 4] = bytes(255 - b for b in data[start : start + 4])
+    path.write_bytes(bytes(data))
+
+
+def test_bundle_verify_refuses_head_weights_damaged_in_place(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = damaged_copy(tiny_bundle, tmp_path)
+    head = bundle / "head.safetensors"
+    overwrite_tensor_bytes(head)
+    verified = invoke("bundle", "verify", "--json", bundle)
+    assert verified.exit_code == EXIT_FAILURE, verified.output
+    assert rows(verified) == {"manifest.json": "ok", "head.safetensors": "FAILED"}
+    assert "corrupt or truncated" in verified.stdout
+    with pytest.raises(BundleError, match="head weights corrupt"):
+        open_bundle(bundle).load_head()  # loading checks the recorded hash too
+
+
+def test_bundle_verify_refuses_encoder_weights_damaged_in_place(
+    tiny_backbone: Any, tmp_path: Path
+) -> None:
+    prompts = load_prompt_set("minimal")
+    classifier = build_zero_shot_classifier(tiny_backbone, ["running", "sitting"], prompts)
+    name, tensor = next(iter(tiny_backbone.model.state_dict().items()))
+    bundle = tmp_path / "tuned"
+    delta = EncoderDelta("partial", {name: tensor.clone()})
+    save_bundle(
+        bundle, classifier=classifier, backbone=tiny_backbone, prompts=prompts, encoder=delta
+    )
+    [sound] = [v for v in verify_bundle(bundle) if v.role == "encoder"]
+    assert sound.ok and "sha256 matches" in sound.note
+    overwrite_tensor_bytes(bundle / "encoder.safetensors")
+    [encoder] = [v for v in verify_bundle(bundle) if v.role == "encoder"]
+    assert encoder.problem is not None and "corrupt or truncated" in encoder.problem
+
+
+def test_a_bundle_saved_without_weight_hashes_is_loaded_and_shape_checked_only(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Bundles saved before head and encoder hashes were recorded still verify."""
+    bundle = damaged_copy(tiny_bundle, tmp_path)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["head"]["sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    result = invoke("bundle", "verify", "--json", bundle)
+    assert result.exit_code == 0, result.output
+    [head] = [row for row in json.loads(result.stdout) if row["file"] == "head.safetensors"]
+    assert "no recorded hash: loaded and shape-checked only" in head["note"]
+
+
+def test_a_file_given_as_a_bundle_is_named_a_file_not_a_missing_folder(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a bundle")
+    photo = make_photo(tmp_path / "photo.jpg")
+    for args in (("bundle", "show", afile), ("predict", "-b", afile, photo)):
+        result = invoke(*args)
+        assert result.exit_code == EXIT_FAILURE, result.output
+        assert "is a file, not a bundle directory" in result.stderr, args
+        assert "not found" not in result.stderr and "Traceback" not in result.output

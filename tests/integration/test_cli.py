@@ -109,6 +109,27 @@ def test_bad_bundle_and_no_inputs_are_clear_errors(tmp_path: Path, photo_folder:
     assert result.returncode == 1 and "no input images" in result.stderr
 
 
+def test_predict_exits_1_when_no_input_gives_a_prediction_and_still_writes_every_row(
+    cli_bundle: Path, mixed_folder: Path, tmp_path: Path
+) -> None:
+    tiny, text, missing = mixed_folder / "pixel.png", mixed_folder / "notes.jpg", tmp_path / "x.jpg"
+    out = tmp_path / "preds.csv"
+    result = run_cli(
+        "predict", str(tiny), str(text), str(missing), "-b", str(cli_bundle), "-o", str(out),
+        "--skip-errors",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["path"], row["error_code"]) for row in rows] == [
+        (str(tiny), "too_small"),
+        (str(text), "not_an_image"),
+        (str(missing), "missing_file"),
+    ]
+    alone = run_cli("predict", str(tiny), "-b", str(cli_bundle))
+    assert alone.returncode == 1 and "too small" in alone.stderr
+
+
 def test_real_photos_through_make_demo(har_sample_dir: Path, tmp_path: Path) -> None:
     images = har_sample_dir / "images"
     out = tmp_path / "demo"

@@ -101,5 +101,5 @@ def test_pipeline_stops_where_empty_data_would_be_created(tmp_path: Path) -> Non
     assert imported.returncode == 0, imported.stderr  # rows exist; validation judges them
     validated = data_cli("data", "validate", "raw", "-o", "valid", cwd=tmp_path)
     assert validated.returncode == 1, validated.stderr
-    assert "all 1 row(s) were rejected (not_an_image: 1" in validated.stderr
+    assert "the only row was rejected (not_an_image: 1" in validated.stderr
     assert "Traceback" not in validated.stderr and not (tmp_path / "valid").exists()

@@ -185,3 +185,55 @@ def test_torchrun_trains_and_rank_0_writes_the_bundle(
         assert bundle.manifest.encoder is not None and bundle.manifest.encoder.method == strategy
     assert done.stdout.count("trained val accuracy") == 1  # rank 0 alone reports
     assert bundle.load_classifier() is not None
+
+
+def test_outputs_of_one_train_run_never_overlap(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """Checkpoints inside the bundle would be lost when the bundle is published (and a
+    bundle inside the checkpoints emptied by the next fresh run): refused before any work."""
+    base = ("-d", str(split_dir), "-s", "partial", "--epochs", "1")
+    inside = train(tmp_path, clip_har_cache, *base, "-o", "bq", "--checkpoint-dir", "bq/ck")
+    assert inside.returncode == 2, inside.stderr
+    assert "--checkpoint-dir bq/ck is inside --output bq" in inside.stderr
+    holding = train(tmp_path, clip_har_cache, *base, "-o", "ck/b", "--checkpoint-dir", "ck")
+    assert holding.returncode == 2 and "--output ck/b is inside --checkpoint-dir" in holding.stderr
+    metrics = train(tmp_path, clip_har_cache, *base, "-o", "b", "--metrics", "b/m.json")
+    assert metrics.returncode == 2 and "--metrics b/m.json is inside --output b" in metrics.stderr
+    assert not any((tmp_path / name).exists() for name in ("bq", "ck", "b"))
+
+
+def test_resume_without_a_checkpoint_fails_instead_of_starting_over(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    args = ("-d", str(split_dir), "-o", "b", "-s", "partial", "--epochs", "1", "--resume")
+    missing = train(tmp_path, clip_har_cache, *args, "--checkpoint-dir", "nock")
+    assert missing.returncode == 1, missing.stderr
+    assert "--checkpoint-dir nock does not exist" in missing.stderr
+    assert "drop --resume to start a fresh run" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = train(tmp_path, clip_har_cache, *args, "--checkpoint-dir", "empty")
+    assert empty.returncode == 1 and "--checkpoint-dir empty holds no checkpoint" in empty.stderr
+    assert "Traceback" not in missing.stderr + empty.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_training_a_random_weights_preset_says_so(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    done = train(tmp_path, clip_har_cache, "-d", str(split_dir), "-o", "b", "-s", "linear-probe")
+    assert done.returncode == 0, done.stderr
+    assert "tiny (RANDOM WEIGHTS)" in done.stdout
+
+
+def test_the_first_mlflow_run_logs_no_database_setup(
+    split_dir: Path, clip_har_cache: Path, tmp_path: Path
+) -> None:
+    """MLflow creates its local SQLite store on the first run; its INFO lines (and
+    alembic's migrations) stay off stderr at the default verbosity."""
+    args = ("-d", str(split_dir), "-o", "b", "-s", "linear-probe", "--tracking", "mlflow")
+    done = train(tmp_path, clip_har_cache, *args, env={"MLFLOW_LOGGING_LEVEL": ""})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "mlruns.db").is_file()  # the store was created by this run
+    for noise in ("INFO", "MLflow database tables", "alembic", "Context impl"):
+        assert noise not in done.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import typer
-from conftest import make_photo
+from conftest import make_photo, run_cli
 from typer.testing import CliRunner
 
 from clip_har.cli.train_embed import embed_command
@@ -122,3 +122,19 @@ def test_a_killed_run_keeps_its_shards_and_the_rerun_encodes_the_rest(
     features, stats = FeatureStore(root, tiny_backbone).embed(read_manifest(data))
     assert (stats.encoded, stats.reused, stats.skipped) == (3, 4, 0)
     assert features.present.all()
+
+
+def test_a_store_that_is_a_file_is_refused_before_any_embedding(
+    clip_har_cache: Path, tmp_path: Path
+) -> None:
+    data = dataset(tmp_path / "data", 2, first_seed=700)
+    (tmp_path / "afile").write_text("not a folder")
+    fresh = tmp_path / "fresh-cache"  # the backbone would be built here if it were loaded
+    done = run_cli(
+        "train", "embed", str(data), "-m", "tiny", "--store", "afile",
+        cwd=tmp_path, env={"CLIP_HAR_CACHE": str(fresh)},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "--store afile already exists and is a file; give a folder name" in done.stderr
+    assert (tmp_path / "afile").read_text() == "not a folder"
+    assert not fresh.exists() or not any(fresh.rglob("*.safetensors"))

@@ -60,7 +60,7 @@ def test_inverse_weights_equalise_class_totals_and_sqrt_is_milder() -> None:
 
 
 def test_weight_errors_are_clear() -> None:
-    with pytest.raises(BalanceError, match="no examples of class"):
+    with pytest.raises(BalanceError, match="no examples of the class"):
         class_weights(["a", "a"], ["a", "b"])
     with pytest.raises(BalanceError, match="not among the classes: z"):
         class_weights(["a", "z"], ["a"])

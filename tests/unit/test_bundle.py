@@ -11,7 +11,7 @@ import torch
 from clip_har.errors import BundleError
 from clip_har.inference.engines import create_engine
 from clip_har.models.backbone import Backbone
-from clip_har.models.bundle import MANIFEST, open_bundle, save_bundle
+from clip_har.models.bundle import MANIFEST, open_bundle, record_exports, save_bundle
 from clip_har.models.classifier import build_zero_shot_classifier
 from clip_har.models.prompts import load_class_names, load_prompt_set
 
@@ -140,3 +140,12 @@ def test_embedded_backbone_makes_bundle_self_contained(
     pixels = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     expected = classifier.predict_proba(torch.from_numpy(pixels)).numpy()
     np.testing.assert_array_equal(create_engine(bundle).predict(pixels), expected)
+
+
+def test_recording_exports_leaves_no_lock_file_in_the_bundle(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    copy = _copy(tiny_bundle, tmp_path)
+    before = sorted(p.name for p in copy.iterdir())
+    record_exports(open_bundle(copy), [])
+    assert sorted(p.name for p in copy.iterdir()) == before  # no manifest.json.lock

@@ -59,8 +59,24 @@ def test_header_only_csv_is_refused_at_import(tmp_path: Path) -> None:
 
 def test_csv_whose_rows_all_lack_a_filename_is_refused(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("filename,label\n,run\n ,sit\n")
-    with pytest.raises(SourceError, match=r"all 2 row\(s\) lack a filename"):
+    with pytest.raises(SourceError, match=r"2 rows, none with a filename"):
         import_source(str(tmp_path / "labels.csv"), images_dir=tmp_path)
+
+
+def test_csv_import_whose_listed_images_all_are_missing_writes_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "images").mkdir(parents=True)
+    (source / "labels.csv").write_text("filename,label\ngone_0.jpg,run\ngone_1.jpg,sit\n")
+    out = tmp_path / "raw"
+
+    result = clip_har("data", "import", str(source / "labels.csv"), "-o", str(out))
+
+    assert result.exit_code == EXIT_FAILURE, result.output
+    assert "all 2 rows were unreadable (missing_file: 2; e.g." in result.output
+    assert "nothing was written" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    make_photo(source / "images" / "gone_1.jpg")  # one readable image is enough to import
+    assert len(import_source(str(source / "labels.csv"), images_dir=source / "images")) == 2
 
 
 def test_validation_that_accepts_nothing_writes_nothing(tmp_path: Path) -> None:
@@ -74,7 +90,7 @@ def test_validation_that_accepts_nothing_writes_nothing(tmp_path: Path) -> None:
     result = clip_har("data", "validate", str(raw), "-o", str(out))
 
     assert result.exit_code == EXIT_FAILURE, result.output
-    assert "all 2 row(s) were rejected (empty_file: 1, not_an_image: 1" in result.output
+    assert "all 2 rows were rejected (empty_file: 1, not_an_image: 1" in result.output
     assert not out.exists()
 
 

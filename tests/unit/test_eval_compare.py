@@ -1,6 +1,7 @@
 """Paired model comparison: McNemar's test and paired-bootstrap deltas; `evaluate compare`."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import binomtest, chi2
+from typer.testing import CliRunner
 
+from clip_har.cli.common import EXIT_USAGE
+from clip_har.cli.main import app
 from clip_har.errors import EvaluationError
 from clip_har.evaluation.compare import compare_predictions, mcnemar
 from clip_har.evaluation.compare_runs import compare_evaluations, source_rows
@@ -16,6 +20,8 @@ from clip_har.evaluation.metrics import EvalArrays, compute_metrics
 from clip_har.evaluation.provenance import EvaluationSource
 
 NAMES = ["clap", "run", "sit"]
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 
 def confident(y_pred: np.ndarray, n_classes: int = 3) -> np.ndarray:
@@ -142,3 +148,37 @@ def test_compare_names_each_source_and_loads_evaluations_made_before_sources(
         text = (tmp_path / "cmp" / name).read_text(encoding="utf-8")
         for expected in ("tiny (RANDOM WEIGHTS)", "meaningless", "zero-shot", "not recorded"):
             assert expected in text, (name, expected)
+
+
+def test_compare_warns_when_the_evaluations_measured_different_data(tmp_path: Path) -> None:
+    test_split = EvaluationSource(
+        bundle="zs", backbone="tiny", random_weights=False, strategy="zero-shot",
+        data="split", data_sha256="ab" * 32, split="test", format="torch",
+    )  # fmt: skip
+    all_rows = replace(test_split, data="all", data_sha256="cd" * 32, split=None)
+    base = _evaluation_folder(tmp_path / "ev", ["clap", "run", "sit", "run"], test_split.to_json())
+    same = _evaluation_folder(
+        tmp_path / "same", ["clap", "run", "run", "sit"], test_split.to_json()
+    )
+    other = _evaluation_folder(tmp_path / "all", ["clap", "run", "run", "sit"], all_rows.to_json())
+    assert compare_evaluations([base, same], tmp_path / "ok", n_bootstrap=0)["warnings"] == []
+
+    report = compare_evaluations([base, other], tmp_path / "cmp", n_bootstrap=0)
+    [warning] = report["warnings"]
+    assert other in warning and "different data" in warning and "4 images" in warning
+    assert "abababababab vs cdcdcdcdcdcd" in warning and "split test vs all rows" in warning
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["warnings"] == [warning]
+    for name in ("compare.md", "compare.html"):
+        assert "different data" in (tmp_path / "cmp" / name).read_text(encoding="utf-8"), name
+
+    result = runner.invoke(app, ["evaluate", "compare", base, other, "-o", str(tmp_path / "c2")])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "different data" in result.stderr
+
+
+def test_compare_with_one_evaluation_is_a_usage_error(tmp_path: Path) -> None:
+    only = _evaluation_folder(tmp_path / "ev", ["clap", "run", "sit", "run"], None)
+    result = runner.invoke(app, ["evaluate", "compare", only, "-o", str(tmp_path / "cmp")])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "at least two evaluations" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "cmp").exists()

@@ -179,9 +179,9 @@ def test_html_shows_intervals_and_warnings(evaluation: dict[str, Any]) -> None:
     page = evaluation["html"].read_text(encoding="utf-8")
     low, high = metrics["accuracy_ci"]
     assert f"95% CI [{low:.3f}, {high:.3f}]" in page
-    assert "No evaluation images of 1 class(es): sleeping" in page
+    assert "No evaluation images of 1 class: sleeping" in page
     assert "Predicted but absent from the labels: sleeping" in page
-    assert "1 image(s) could not be read" in page
+    assert "1 image could not be read" in page
 
 
 def test_markdown_has_tables_warnings_and_links(evaluation: dict[str, Any]) -> None:

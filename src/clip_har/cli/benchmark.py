@@ -19,7 +19,7 @@ from clip_har.io import publish_directory
 
 def benchmark(
     ctx: typer.Context,
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
     formats: str | None = typer.Option(
         None,
         "--formats",

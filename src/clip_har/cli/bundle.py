@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from clip_har.cli.common import console, err_console, settings_from
 from clip_har.cli.outputs import force_option, output_option, prepare_output
+from clip_har.cli.tables import PathCell
 from clip_har.errors import BundleError
 from clip_har.io import plural
 
@@ -84,7 +87,7 @@ def create(
 
 @app.command("show")
 def show(
-    directory: Path = typer.Argument(..., help="Bundle directory."),
+    directory: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Summarise a bundle's manifest. It checks the manifest and that the files it names
@@ -97,7 +100,7 @@ def show(
         return
     backbone = manifest.backbone
     table = Table(title=escape(f"bundle {directory}"), show_header=False)
-    table.add_column(style="bold")
+    table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     rows = {
         "name": escape(manifest.name),
@@ -127,7 +130,7 @@ def show(
 
 @app.command("verify")
 def verify(
-    directory: Path = typer.Argument(..., help="Bundle directory."),
+    directory: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the verdicts as JSON (file, role, ok, problem, note)."
     ),
@@ -152,17 +155,17 @@ def verify(
 
 
 def _verdict_table(directory: Path, verdicts: list[FileVerdict]) -> Table:
+    """One row per file: its path with the detail below it (so that on 80 columns the path,
+    the role and the status all stay whole), the role, the status."""
     table = Table(title=escape(f"verification of {directory}"))
-    table.add_column("file", overflow="fold")
-    table.add_column("role")
-    table.add_column("status")
-    table.add_column("detail", overflow="fold")
+    table.add_column("file / detail")
+    table.add_column("role", overflow="fold")  # wraps between words: "export" / the format
+    table.add_column("status", no_wrap=True)
     for verdict in verdicts:
-        status = "[green]ok[/green]" if verdict.ok else "[red]FAILED[/red]"
+        detail = Text(verdict.problem or verdict.note, style="dim" if verdict.ok else "red")
         table.add_row(
-            escape(verdict.file),
+            Group(PathCell(verdict.file, style="bold"), detail),
             escape(verdict.role),
-            status,
-            escape(verdict.problem or verdict.note),
+            "[green]ok[/green]" if verdict.ok else "[red]FAILED[/red]",
         )
     return table

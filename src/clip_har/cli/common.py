@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -20,7 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from clip_har.config import Settings, load_settings
 from clip_har.errors import ClipHarError, ConfigError, UsageError
@@ -52,6 +53,7 @@ class ClipHarGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         reflow_help(self)
+        plain_arguments(self)
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
@@ -78,6 +80,34 @@ def reflow_help(command: Any) -> None:
             param.help = _reflow(param.help)
     for subcommand in (getattr(command, "commands", None) or {}).values():
         reflow_help(subcommand)
+
+
+class PlainArgument(TyperArgument):
+    """A positional argument shown as its metavar (``BUNDLE``, ``[PATH]``, ``IMAGES...``) in
+    usage lines, where Typer writes ``{bundle}``, and with its element type (``<str>``), not
+    ``<list[str]>``, in the argument table."""
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or (self.name or "").upper()
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: ClickContext) -> str | None:
+        shown = super().display_type_rich(ctx)
+        if shown and shown.startswith("<list[") and shown.endswith("]>"):
+            return f"<{shown[len('<list[') : -len(']>')]}>"
+        return shown
+
+
+def plain_arguments(command: Any) -> None:
+    """Make every positional argument of ``command`` and the commands below it a
+    :class:`PlainArgument` (Typer has no option to choose the class of an argument)."""
+    for param in command.params:
+        if type(param) is TyperArgument:
+            param.__class__ = PlainArgument
+    for subcommand in (getattr(command, "commands", None) or {}).values():
+        plain_arguments(subcommand)
 
 
 def _reflow(text: str | None) -> str | None:
@@ -167,8 +197,14 @@ def configure_logging(verbosity: int) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "huggingface_hub", "transformers", "filelock", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    quiet = max(level, logging.WARNING)
+    noisy = ("httpx", "huggingface_hub", "transformers", "filelock", "urllib3", "mlflow", "alembic")
+    for name in noisy:
+        logging.getLogger(name).setLevel(quiet)
+    # mlflow sets its own and alembic's levels and handlers when it is imported (lazily,
+    # after this): its variable keeps "Creating initial MLflow database tables" off stderr
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):  # a level the user chose is kept
+        os.environ["MLFLOW_LOGGING_LEVEL"] = logging.getLevelName(quiet)
     from transformers.utils import logging as hf_logging  # imported late: keeps --help fast
 
     hf_logging.set_verbosity_error()

@@ -45,6 +45,7 @@ def import_data(
     ctx: typer.Context,
     source: str = typer.Argument(
         ...,
+        metavar="SOURCE",
         help="Folder (class sub-folders, flat images, labels.csv + images/, save_to_disk or "
         "parquet), a .csv file, or hf:NAME[:split].",
     ),
@@ -79,8 +80,8 @@ def _print_import_summary(frame: pd.DataFrame) -> None:
     counts = labels.dropna().value_counts().sort_index()
     if len(counts):
         table = Table(title="images per class")
-        table.add_column("label")
-        table.add_column("images", justify="right")
+        table.add_column("label", overflow="fold")
+        table.add_column("images", justify="right", no_wrap=True)
         for label, count in counts.items():
             table.add_row(escape(str(label)), str(count))
         console.print(table)
@@ -96,7 +97,9 @@ def _print_import_summary(frame: pd.DataFrame) -> None:
 
 @app.command("has-labels")
 def has_labels(
-    manifest: Path = typer.Argument(..., help="A manifest.parquet or the folder holding one."),
+    manifest: Path = typer.Argument(
+        ..., metavar="MANIFEST", help="A manifest.parquet or the folder holding one."
+    ),
 ) -> None:
     """Print `yes` when MANIFEST has labelled rows, `no` when it has none (for scripts).
 

@@ -89,7 +89,9 @@ def _save_grid(
 
 
 def preview_augment_command(
-    manifest: Path = typer.Argument(..., help="Folder holding manifest.parquet, or the file."),
+    manifest: Path = typer.Argument(
+        ..., metavar="MANIFEST", help="Folder holding manifest.parquet, or the file."
+    ),
     output: Path = output_option(kind="file", help="PNG file to write."),
     policy: str = typer.Option("strong", "--policy", help=f"One of: {', '.join(POLICIES)}."),
     images: int = typer.Option(
@@ -117,7 +119,9 @@ def preview_augment_command(
     with ProgressBar("loading images", threshold=0) as bar:  # each step is slow: always a bar
         picked = _pick(frame, preprocessor, images, seed, bar)
         if not picked:
-            raise ClipHarError(f"no readable image among the {len(frame)} rows of {manifest}")
+            raise ClipHarError(
+                f"no readable image among the {plural(len(frame), 'row')} of {manifest}"
+            )
         if len(picked) < images:
             logger.warning(
                 "only %s readable; the grid has %s",

@@ -29,7 +29,7 @@ from clip_har.io import publish_directory, write_json_atomic, write_text_atomic
 
 def balance_command(
     directory: Path = typer.Argument(
-        ..., help="Folder holding manifest.parquet (split), or the file."
+        ..., metavar="DIR", help="Folder holding manifest.parquet (split), or the file."
     ),
     output: Path = output_option(kind="dir", help="Folder for the balanced manifest."),
     target: str = typer.Option(
@@ -64,10 +64,10 @@ def balance_command(
 
     where = report["split"] or "all rows"
     table = Table(title=escape(f"balance of {where} to {report['target']} per class (seed {seed})"))
-    table.add_column("class")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    table.add_column(f"weight ({escape(scheme)})", justify="right")
+    table.add_column("class", overflow="fold")
+    table.add_column("before", justify="right", no_wrap=True)
+    table.add_column("after", justify="right", no_wrap=True)
+    table.add_column(f"weight ({escape(scheme)})", justify="right", no_wrap=True)
     for name, count in report["before"].items():
         weight = report["class_weights"][name]
         table.add_row(escape(name), str(count), str(report["after"][name]), f"{weight:.3f}")
@@ -77,6 +77,4 @@ def balance_command(
         f"{report['imbalance_ratio_after']:.2f}; rows {report['rows_before']} -> "
         f"{report['rows_after']}"
     )
-    if report["split"] is None:
-        err_console.print("[yellow]the manifest has no splits: all rows were balanced[/yellow]")
     err_console.print(f"wrote {escape(str(output))}/manifest.parquet, {JSON_FILE} and {HTML_FILE}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from clip_har.cli.common import console, drop_none, settings_from
@@ -15,7 +16,9 @@ from clip_har.io import plural, publish_directory, write_json_atomic
 
 def split_command(
     ctx: typer.Context,
-    directory: Path = typer.Argument(..., help="Folder holding manifest.parquet (validated)."),
+    directory: Path = typer.Argument(
+        ..., metavar="DIR", help="Folder holding manifest.parquet (validated)."
+    ),
     output: Path = output_option(kind="dir", help="Folder to write the split into."),
     ratios: str | None = typer.Option(
         None,
@@ -64,12 +67,12 @@ def split_command(
         write_json_atomic(staging / "split_report.json", result.report)
 
     table = Table(title=f"split of {plural(len(result.manifest), 'image')} (seed {seed})")
-    table.add_column("class")
+    table.add_column("class", overflow="fold")
     for split in SPLITS:
-        table.add_column(split, justify="right")
+        table.add_column(split, justify="right", no_wrap=True)
     for label, counts in result.report["per_class"].items():
         cells = [f"{counts['actual'][s]} / {counts['target'][s]}" for s in SPLITS]
-        table.add_row(label, *cells)
+        table.add_row(escape(label), *cells)
     console.print(table)
     console.print(
         f"actual / target per class; max deviation {result.report['max_deviation_from_target']}; "

@@ -27,7 +27,9 @@ REJECTED_FILE = "rejected.csv"
 def validate_command(
     ctx: typer.Context,
     directory: Path = typer.Argument(
-        ..., help="Folder holding manifest.parquet (from `clip-har data import`), or the file."
+        ...,
+        metavar="DIR",
+        help="Folder holding manifest.parquet (from `clip-har data import`), or the file.",
     ),
     output: Path = output_option(kind="dir", help="Folder for the results."),
     classes: str | None = typer.Option(
@@ -102,8 +104,8 @@ def validate_command(
 
     report = result.report
     table = Table(title=escape(f"validation of {plural(len(frame), 'file')}"), show_header=True)
-    table.add_column("")
-    table.add_column("count", justify="right")
+    table.add_column("")  # words wrap (a reason's explanation)
+    table.add_column("count", justify="right", no_wrap=True)
     table.add_row("accepted", f"[green]{report['accepted']}[/green]")
     table.add_row("rejected", f"[red]{report['rejected']}[/red]" if report["rejected"] else "0")
     for code, count in report["rejected_by_reason"].items():

@@ -14,7 +14,9 @@ remote_app = typer.Typer(help="Configure DVC remotes (where data versions are st
 
 
 def track_command(
-    path: Path = typer.Argument(..., help="File or folder to version (runs `dvc add`)."),
+    path: Path = typer.Argument(
+        ..., metavar="PATH", help="File or folder to version (runs `dvc add`)."
+    ),
 ) -> None:
     """Version PATH with DVC (initialising DVC in the git repository if needed)."""
     md5 = versioning.track(path)
@@ -27,8 +29,10 @@ def track_command(
 
 @remote_app.command("add")
 def remote_add(
-    name: str = typer.Argument(..., help="Remote name."),
-    url: str = typer.Argument(..., help="A local folder, or a URL such as s3://bucket/path."),
+    name: str = typer.Argument(..., metavar="NAME", help="Remote name."),
+    url: str = typer.Argument(
+        ..., metavar="URL", help="A local folder, or a URL such as s3://bucket/path."
+    ),
     default: bool = typer.Option(True, "--default/--no-default", help="Make it the default."),
     force: bool = typer.Option(False, "--force", help="Replace a remote of that name."),
 ) -> None:
@@ -53,7 +57,7 @@ def pull_command(
 
 def version_command(
     path: Path = typer.Argument(
-        versioning.DEFAULT_TRACKED_MANIFEST, help="A DVC-tracked file or folder."
+        versioning.DEFAULT_TRACKED_MANIFEST, metavar="PATH", help="A DVC-tracked file or folder."
     ),
 ) -> None:
     """Print the data version: the md5 DVC recorded for PATH (the split manifest by default)."""

@@ -102,8 +102,8 @@ def evaluate(
         )
     metrics, source = outcome.metrics, outcome.source
     table = Table(title=escape(source.title))
-    table.add_column("")
-    table.add_column("value", justify="right")
+    table.add_column("", no_wrap=True)
+    table.add_column("value", justify="right", overflow="fold")
     for field, value in source.rows():
         flagged = field == "backbone" and source.random_weights
         table.add_row(field, f"[red]{escape(value)}[/red]" if flagged else escape(value))
@@ -130,10 +130,15 @@ def evaluate(
     err_console.print(f"wrote {escape(str(output))}/ (report.html, metrics.json, predictions.csv)")
 
 
+_WHOLE = {"accuracy", "McNemar p", "n", "strategy", "rows"}  # compare's unwrapped columns
+
+
 @app.command("compare")
 def compare(
     evaluations: list[str] = typer.Argument(
-        ..., help="Evaluation folders or MLflow run ids; the first is the baseline."
+        ...,
+        metavar="EVALUATIONS...",
+        help="Evaluation folders or MLflow run ids; the first is the baseline.",
     ),
     output: Path = output_option(kind="dir", help="Folder for compare.{json,md,html}."),
     bootstrap: int = typer.Option(
@@ -151,19 +156,24 @@ def compare(
         table_rows,
     )
 
+    if len(evaluations) < 2:
+        raise UsageError(
+            f"evaluate compare needs at least two evaluations (a baseline and one to compare "
+            f"with it), got {len(evaluations)}"
+        )
     prepare_output(output, kind="dir", inputs=evaluations, force=force)
     comparing = err_console.status(f"comparing {len(evaluations)} evaluations")
     with comparing, publish_directory(output) as staging:
         report = compare_evaluations(evaluations, staging, n_bootstrap=bootstrap, seed=seed)
     table = Table(title=escape(f"vs {report['baseline']}"))
-    for header in HEADERS:
-        table.add_column(header)
+    for header in HEADERS:  # names and numbers whole; paths and intervals may wrap
+        table.add_column(header, no_wrap=header in _WHOLE, overflow="fold")
     for cells in table_rows(report["comparisons"]):
         table.add_row(*(escape(c) for c in cells))
     console.print(table)
     sources = Table(title="sources")
     for header in SOURCE_HEADERS:
-        sources.add_column(header)
+        sources.add_column(header, no_wrap=header in _WHOLE, overflow="fold")
     for cells in source_rows(report["sources"]):
         sources.add_row(*(escape(c) for c in cells))
     console.print(sources)

@@ -18,10 +18,11 @@ from clip_har.cli.common import (
     settings_from,
 )
 from clip_har.cli.outputs import force_option, output_option, prepare_output
-from clip_har.config import CALIBRATION_METHODS
+from clip_har.cli.tables import PathCell
+from clip_har.config import CALIBRATION_METHODS, split_commas
 from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.formats import format_names, get_format
-from clip_har.io import replace_directory, staging_directory
+from clip_har.io import plural, replace_directory, staging_directory
 
 if TYPE_CHECKING:
     from clip_har.export.run import ExportOptions, ExportSummary
@@ -31,7 +32,7 @@ _TENSORRT_PRECISIONS = get_format("tensorrt").precisions
 
 def export(
     ctx: typer.Context,
-    bundle: Path = typer.Argument(..., help="Bundle directory to export."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory to export."),
     formats: str | None = typer.Option(
         None,
         "--formats",
@@ -69,6 +70,8 @@ def export(
     --output, nothing is written then)."""
     from clip_har.export.run import ExportOptions, copy_bundle, parse_formats
 
+    if formats is not None and not split_commas(formats):
+        raise UsageError("--formats is empty: name at least one format (see clip-har formats)")
     overrides = {"formats": formats, "opset": opset, "parity_images": parity_images}
     settings = settings_from(ctx, {"export": drop_none(overrides)}).export
     options = ExportOptions.from_settings(
@@ -114,34 +117,46 @@ def _export(bundle: Path, names: list[str], options: ExportOptions) -> ExportSum
 
 
 def _report(summary: ExportSummary, bundle: Path) -> None:
-    """The table of exports with their parity, and every failure."""
-    table = Table(title=escape(f"exports of {bundle}"))
-    columns = ("format", "file", "MB", "precision", "max |Δp|", "top-1", "decided", "gate")
-    for column in columns:
-        table.add_column(  # fold, never cut, a long file name
-            column, justify="right" if column in ("MB", "max |Δp|") else "left", overflow="fold"
-        )
+    """The tables of exports and of their parity (two, so that each fits 80 columns with
+    every name and number whole), and every failure."""
+    files = Table(title=escape(f"exports of {bundle}"))
+    files.add_column("format", no_wrap=True)
+    files.add_column("file")  # the one column that may wrap
+    files.add_column("MB", justify="right", no_wrap=True)
+    files.add_column("precision", no_wrap=True)
+    gates = Table(title="parity against torch fp32")
+    gates.add_column("format", no_wrap=True)
+    for column in ("max |Δp|", "top-1", "decided"):
+        gates.add_column(column, justify="right", no_wrap=True)
+    gates.add_column("gate", no_wrap=True)
     for record in summary.records.values():
         parity = record.parity
         assert parity is not None
-        table.add_row(
-            record.format,
-            escape(Path(record.file).name),
+        files.add_row(
+            escape(record.format),
+            PathCell(Path(record.file).name),
             f"{record.bytes / 1e6:.1f}",
-            record.precision,
+            escape(record.precision),
+        )
+        gates.add_row(
+            escape(record.format),
             f"{parity.max_abs_diff:.2e}",
             f"{parity.top1_agreement:.1%}",
             f"{parity.decided_images}/{parity.images}",
             "[green]passed[/green]" if parity.passed else "[red]FAILED[/red]",
         )
-    console.print(table)
+    console.print(files)
+    if summary.records:
+        console.print(gates)
     if summary.records:
         parity = next(iter(summary.records.values())).parity
         assert parity is not None
-        kind = "real photos" if parity.real_photos else "synthetic images (use --parity-data)"
+        kind = "real photo" if parity.real_photos else "synthetic image"
+        hint = "" if parity.real_photos else " (use --parity-data)"
         console.print(
-            f"parity: {parity.images} {kind} against torch fp32; top-1 agreement counts the "
-            "decided images (reference top-1 margin over 2 x max |Δp|), near-ties are excluded"
+            f"parity: {plural(parity.images, kind)}{hint} against torch fp32; top-1 agreement "
+            "counts the decided images (reference top-1 margin over 2 x max |Δp|), near-ties "
+            "are excluded"
         )
     for name, reason in summary.failures.items():
         err_console.print(f"[bold red]{escape(name)} not exported:[/bold red] {escape(reason)}")

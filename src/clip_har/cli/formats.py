@@ -21,14 +21,17 @@ def formats(
         typer.echo(formats_markdown(), nl=False)
         return
     table = Table(title="model formats (clip-har export --formats, --format)")
-    for column in ("format", "file", "precision", "runtime", "here"):
-        table.add_column(column, no_wrap=column in ("format", "file"))
+    for column in ("format", "file", "precision", "runtime", "here"):  # file, runtime may wrap
+        table.add_column(column, no_wrap=column in ("format", "precision", "here"))
     missing: dict[str, str] = {}
     for row in format_rows():
-        reason = get_format(row["format"]).unavailable_reason("inference")
+        spec = get_format(row["format"])
+        reason = spec.unavailable_reason("inference")
         if reason is not None:
             missing[row["format"]] = reason
-        cells = (escape(row[key]) for key in ("format", "file", "precision", "runtime"))
+        precisions = "/".join(spec.precisions)  # unspaced: stays whole in 80 columns
+        cells = [escape(row[key]) for key in ("format", "file", "runtime")]
+        cells.insert(2, escape(precisions))
         table.add_row(*cells, "[yellow]no[/yellow]" if reason else "[green]yes[/green]")
     console.print(table)
     for name, reason in missing.items():

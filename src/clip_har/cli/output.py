@@ -13,6 +13,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from clip_har.cli.tables import PathCell
 from clip_har.errors import ClipHarError
 from clip_har.inference.predictor import FileResult
 from clip_har.io import write_text_atomic
@@ -61,19 +62,19 @@ def to_csv(results: Sequence[FileResult]) -> str:
 
 def to_table(results: Sequence[FileResult], title: str) -> Table:
     table = Table(title=title, show_lines=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("label", style="bold green")
-    table.add_column("score", justify="right")
-    table.add_column("runners-up", style="dim")
+    table.add_column("image")  # a path, broken after a "/" when it must be
+    table.add_column("label", style="bold green", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("runners-up", style="dim", overflow="fold")
     for result in results:
         if result.prediction is None:
             reason = escape(result.error or "")
-            table.add_row(escape(str(result.path)), "[red]error[/red]", "", f"[red]{reason}[/red]")
+            table.add_row(PathCell(result.path), "[red]error[/red]", "", f"[red]{reason}[/red]")
             continue
         prediction = result.prediction
         others = ", ".join(f"{label} {score:.2f}" for label, score in prediction.top_k[1:])
         table.add_row(
-            escape(str(result.path)),
+            PathCell(result.path),
             escape(prediction.label),
             f"{prediction.score:.3f}",
             escape(others),

@@ -8,6 +8,7 @@ Every command that writes a file or a folder declares it with :func:`output_opti
 - an existing file, or a non-empty folder, is replaced only with ``--force``;
 - a file where a folder is expected, or a folder where a file is expected, is an error;
 - a file whose suffix does not match what is written is a usage error;
+- two outputs of one command never overlap (:func:`check_outputs_apart`);
 - nothing is left at the output after a failure: files go through
   :func:`clip_har.io.atomic_write`, folders through :func:`clip_har.io.publish_directory`.
 """
@@ -15,7 +16,7 @@ Every command that writes a file or a folder declares it with :func:`output_opti
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -86,19 +87,32 @@ def prepare_output(
     named = f"{option} {path}"
     _check_parent(path, named)
     check_not_an_input(path, kind=kind, inputs=inputs, option=option)
-    if kind == "file" and path.is_dir():
-        raise ClipHarError(f"{named} is a folder; give a file name")
-    if kind == "dir" and path.exists() and not path.is_dir():
-        raise ClipHarError(f"{named} already exists and is a file; give a folder name")
+    _check_kind(path, kind, named)
     if kind == "file" and suffixes and path.suffix.lower() not in suffixes:
         endings = " or ".join(suffixes)
-        raise UsageError(f"{named}: the file written here is {endings}; give a name ending in it")
+        names = " or ".join(str(path.with_suffix(suffix)) for suffix in suffixes)
+        raise UsageError(f"{named}: this command writes {endings} files; name the file {names}")
     if _occupied(path):
         if not force:
             what = "a folder that is not empty" if path.is_dir() else "a file"
             raise ClipHarError(f"{named} already exists ({what}); use --force to replace it")
         if kind == "dir" and Path.cwd().resolve().is_relative_to(path.resolve()):
             raise UsageError(f"{named} is the working folder or holds it; it is never replaced")
+    return path
+
+
+def prepare_cache_folder(
+    path: Path | None, *, inputs: Iterable[PathLike | None] = (), option: str
+) -> Path | None:
+    """Check a folder the command adds to and never replaces (a cache, so no ``--force``)
+    before any work: it must be a folder (or not exist yet) and not be an input or lie
+    inside one; it may hold inputs. Returns ``path`` (``None`` stays ``None``)."""
+    if path is None:
+        return None
+    named = f"{option} {path}"
+    _check_parent(path, named)
+    check_not_an_input(path, kind="file", inputs=inputs, option=option)  # "file": may hold some
+    _check_kind(path, "dir", named)
     return path
 
 
@@ -123,6 +137,14 @@ def _check_parent(path: Path, named: str) -> None:
             return
 
 
+def _check_kind(path: Path, kind: OutputKind, named: str) -> None:
+    """A folder where a file is expected, or a file where a folder is, is an error."""
+    if kind == "file" and path.is_dir():
+        raise ClipHarError(f"{named} is a folder; give a file name")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise ClipHarError(f"{named} already exists and is a file; give a folder name")
+
+
 def check_not_an_input(
     path: Path, *, kind: OutputKind, inputs: Iterable[PathLike | None], option: str = "--output"
 ) -> None:
@@ -143,6 +165,26 @@ def check_not_an_input(
             raise UsageError(
                 f"{named} holds the input {given}: replacing the folder would delete it"
             )
+
+
+def check_outputs_apart(outputs: Mapping[str, Path | None]) -> None:
+    """Refuse (:class:`UsageError`) two outputs of one command (option -> path) that are
+    the same path or lie one inside the other: publishing (or emptying) the outer one would
+    lose the inner one. ``None`` (an output not asked for) is skipped; symbolic links are
+    resolved. Call it before :func:`prepare_output`."""
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for option, path in given:
+        for other, other_path in given:
+            if other == option:
+                continue
+            inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(other_path))
+            if inner == outer:
+                raise UsageError(f"{option} and {other} are both {path}; give each its own path")
+            if inner.is_relative_to(outer):
+                raise UsageError(
+                    f"{option} {path} is inside {other} {other_path}: two outputs may not "
+                    "overlap (writing one could replace the other); put it somewhere else"
+                )
 
 
 def _occupied(path: Path) -> bool:

@@ -30,7 +30,9 @@ from clip_har.models.prompts import load_prompt_set, parse_class_names, resolve_
 
 def predict(
     ctx: typer.Context,
-    inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    inputs: list[str] = typer.Argument(
+        ..., metavar="IMAGES...", help="Image files, folders or glob patterns."
+    ),
     bundle: Path | None = typer.Option(None, "--bundle", "-b", help="Bundle directory."),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Hub id, local directory or preset (zero-shot, no bundle)."
@@ -56,7 +58,7 @@ def predict(
         False, "--skip-errors", help="Exit 0 even when some files could not be read."
     ),
 ) -> None:
-    """Predict the action in each image. Exit code 3 when some files failed."""
+    """Predict the action in each image. Exit code 3 when some inputs failed, 1 when all did."""
     if bundle is not None and model is not None:
         raise UsageError("use either --bundle or --model, not both")
     if model_format != REFERENCE_FORMAT and bundle is None:
@@ -65,18 +67,19 @@ def predict(
         ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
     )
     collected = collect_inputs(inputs)
-    if not collected.paths:
-        reasons = "; ".join(f"{problem.input}: {problem.reason}" for problem in collected.problems)
-        raise ClipHarError(f"no input images found ({reasons})")
     read = [*inputs, *collected.paths, bundle, model, prompts]
     prepare_output(output, suffixes=tuple(RENDERERS), inputs=read, force=force)
 
-    predictor = _make_predictor(
-        settings, bundle, model, labels, prompts, EngineOptions(force=ignore_parity), model_format
-    )
-    results = _run(predictor, collected)
+    if collected.paths:
+        engine = EngineOptions(force=ignore_parity)
+        predictor = _make_predictor(settings, bundle, model, labels, prompts, engine, model_format)
+        results = _run(predictor, collected)
+        title = f"{plural(len(results), 'image')} — model: {predictor.model_label}"
+    else:  # nothing to predict: every input gets its error row without loading a model
+        results = [FileResult.for_problem(problem) for problem in collected.problems]
+        title = plural(len(results), "image")
 
-    title = escape(f"{plural(len(results), 'image')} — model: {predictor.model_label}")
+    title = escape(title)
     if print_as is Rendering.table:
         console.print(to_table(results, title))
     else:
@@ -93,6 +96,12 @@ def predict(
         f"predicted {len(results) - len(failed)} of {plural(len(results), 'image')}"
         + (f", [red]{len(failed)} failed[/red]" if failed else "")
     )
+    if len(failed) == len(results):
+        raise ClipHarError(
+            "no input images found"
+            if not collected.paths
+            else f"no image could be read ({plural(len(failed), 'input')} failed)"
+        )
     if failed and not skip_errors:
         raise typer.Exit(EXIT_PARTIAL)
 

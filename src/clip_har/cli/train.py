@@ -19,10 +19,17 @@ from clip_har.cli.common import (
     one_of,
     settings_from,
 )
-from clip_har.cli.outputs import force_option, manifest_inputs, output_option, prepare_output
+from clip_har.cli.outputs import (
+    check_not_an_input,
+    check_outputs_apart,
+    force_option,
+    manifest_inputs,
+    output_option,
+    prepare_output,
+)
 from clip_har.cli.train_embed import embed_command
 from clip_har.config import DistributedMode
-from clip_har.errors import UsageError
+from clip_har.errors import ClipHarError, UsageError
 from clip_har.io import write_json_atomic
 from clip_har.training.strategies import STRATEGIES
 
@@ -162,17 +169,33 @@ def train(
     )
     if resume and checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint-dir")
+    check_outputs_apart(
+        {"--output": output, "--checkpoint-dir": checkpoint_dir, "--metrics": metrics_file}
+    )
     read = [*manifest_inputs(data), model, prompts]
     prepare_output(output, kind="dir", inputs=read, force=force)
     prepare_output(metrics_file, suffixes=(".json",), inputs=read, force=force, option="--metrics")
-    if not resume and prepare_output(  # resumed from, or else started afresh
+    if resume:  # read back, never replaced: it must hold what it resumes
+        assert checkpoint_dir is not None
+        check_not_an_input(checkpoint_dir, kind="dir", inputs=read, option="--checkpoint-dir")
+    elif prepare_output(  # started afresh
         checkpoint_dir, kind="dir", inputs=read, force=force, option="--checkpoint-dir"
     ):
         assert checkpoint_dir is not None
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # no stale checkpoint survives
     # torch, sklearn and peft load only when training
-    from clip_har.training.distributed import cleanup, init_distributed, local_context
+    from clip_har.training.distributed import cleanup, init_distributed, launch_rank, local_context
     from clip_har.training.run import run_training
+    from clip_har.training.trainer import CHECKPOINT_FILE, has_checkpoint
+
+    if resume and launch_rank() == 0:  # rank 0 alone reads and writes checkpoints
+        assert checkpoint_dir is not None
+        if not has_checkpoint(checkpoint_dir):
+            found = "holds no" if checkpoint_dir.is_dir() else "does not exist, so it holds no"
+            raise ClipHarError(
+                f"--checkpoint-dir {checkpoint_dir} {found} checkpoint ({CHECKPOINT_FILE}) "
+                "to resume from; drop --resume to start a fresh run"
+            )
 
     distributed_run = settings.train.distributed != "none"
     dist = init_distributed() if distributed_run else local_context()
@@ -199,9 +222,14 @@ def train(
             cleanup()
     if outcome.bundle is None:  # not rank 0
         return
-    table = Table(title=escape(f"{settings.train.strategy} on {settings.model.spec}"))
-    table.add_column("")
-    table.add_column("value", justify="right")
+    table = Table(title=escape(settings.train.strategy))
+    table.add_column("", no_wrap=True)
+    table.add_column("value", justify="right", overflow="fold")
+    flagged = outcome.bundle.manifest.backbone.random_weights  # shown as evaluate shows it
+    table.add_row(
+        "backbone",
+        f"[red]{escape(outcome.backbone)}[/red]" if flagged else escape(outcome.backbone),
+    )
     table.add_row("zero-shot val accuracy", f"{outcome.zero_shot_accuracy:.4f}")
     table.add_row("trained val accuracy", f"[bold]{outcome.result.val_accuracy:.4f}[/bold]")
     for key, value in outcome.result.chosen.items():

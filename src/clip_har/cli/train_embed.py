@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from clip_har.cli.common import ProgressBar, console, drop_none, err_console, settings_from
-from clip_har.cli.outputs import check_not_an_input
+from clip_har.cli.outputs import prepare_cache_folder
 from clip_har.data.manifest import read_manifest
 from clip_har.io import plural
 from clip_har.models.backbone import load_backbone
@@ -20,7 +20,9 @@ from clip_har.training.features import FeatureStore, default_store_root
 
 def embed_command(
     ctx: typer.Context,
-    data: Path = typer.Argument(..., help="Folder holding manifest.parquet, or the file."),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="Folder holding manifest.parquet, or the file."
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Hub id, local directory or preset (default: model.spec)."
     ),
@@ -37,11 +39,8 @@ def embed_command(
     """
     settings = settings_from(ctx, {"model": drop_none({"spec": model})})
     manifest = read_manifest(data)
-    if store is not None:  # a cache that grows across runs: never replaced (no --force), so
-        # it may hold inputs, like a file, but it must not be one or lie inside one
-        check_not_an_input(
-            store, kind="file", inputs=[data, *manifest["path"].dropna()], option="--store"
-        )
+    # a cache that grows across runs: never replaced, so it takes no --force
+    prepare_cache_folder(store, inputs=[data, *manifest["path"].dropna()], option="--store")
     with err_console.status("loading model…"):
         backbone = load_backbone(
             settings.model.spec,

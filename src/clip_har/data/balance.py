@@ -17,7 +17,7 @@ import pandas as pd
 
 from clip_har.data.manifest import conform
 from clip_har.errors import BalanceError
-from clip_har.io import REPORT_CSS, esc, html_table, png_base64
+from clip_har.io import REPORT_CSS, esc, html_table, noun_form, plural, png_base64
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and resample() stay light
     import torch
@@ -99,7 +99,8 @@ def _weights(
     empty = [name for name in classes if counts.get(name, 0) == 0]
     if empty:
         raise BalanceError(
-            f"no examples of class(es) {', '.join(empty)}: cannot weight a class never seen"
+            f"no examples of the {noun_form(len(empty), 'class')} {', '.join(empty)}: cannot "
+            "weight a class never seen"
         )
     n = np.array([counts[name] for name in classes], dtype=np.float64)
     if scheme == "inverse":
@@ -117,7 +118,9 @@ def sample_weights(labels: Iterable[Any]) -> np.ndarray:
     values = list(labels)
     missing = sum(1 for label in values if pd.isna(label))
     if missing:
-        raise BalanceError(f"{missing} unlabelled row(s): every row needs a label to be weighted")
+        raise BalanceError(
+            f"{plural(missing, 'unlabelled row')}: every row needs a label to be weighted"
+        )
     names = [str(label) for label in values]
     counts = Counter(names)
     return np.array([1.0 / counts[name] for name in names], dtype=np.float64)
@@ -200,7 +203,9 @@ def resample(
     if manifest.empty:
         raise BalanceError("the manifest has no rows to balance")
     if manifest["split"].isna().all():
-        logger.warning("the manifest has no splits: balancing all %d rows", len(manifest))
+        logger.warning(
+            "the manifest has no splits: balancing all of its %s", plural(len(manifest), "row")
+        )
         chosen_split: str | None = None
         selected = np.ones(len(manifest), dtype=bool)
     else:
@@ -213,7 +218,9 @@ def resample(
     unlabelled = int(pd.isna(labels[selected]).sum())
     if unlabelled:
         where = f"split {chosen_split!r}" if chosen_split else "the manifest"
-        raise BalanceError(f"{unlabelled} unlabelled row(s) in {where}: balancing needs labels")
+        raise BalanceError(
+            f"{plural(unlabelled, 'unlabelled row')} in {where}: balancing needs labels"
+        )
 
     before = class_counts(labels[selected])
     goal = _resolve_target(target, before)
@@ -231,7 +238,7 @@ def resample(
     balanced = manifest.iloc[order].reset_index(drop=True)
 
     after = class_counts(labels[order][selected[order]])
-    logger.info("balanced %s to %d rows per class", chosen_split or "all rows", goal)
+    logger.info("balanced %s to %s per class", chosen_split or "all rows", plural(goal, "row"))
     report: dict[str, Any] = {
         "split": chosen_split,
         "target": goal,

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from clip_har.data.augment import Augmenter, sample_seed
 from clip_har.errors import DatasetError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Preprocessor, load_image
+from clip_har.io import plural
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +106,15 @@ class ManifestDataset(Dataset[Sample | Skipped]):
         labels = manifest["label"].iloc[rows]
         if labels.isna().any():
             raise DatasetError(
-                f"{int(labels.isna().sum())} row(s) have no label; training needs labelled data"
+                f"{plural(int(labels.isna().sum()), 'row')} without a label; training needs "
+                "labelled data"
             )
         index = {name: i for i, name in enumerate(classes)}
         unknown = sorted(set(labels) - index.keys())
         if unknown:
             shown = ", ".join(map(repr, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
             raise DatasetError(
-                f"{len(unknown)} label(s) not among the {len(classes)} classes: {shown}"
+                f"{plural(len(unknown), 'label')} not among the {len(classes)} classes: {shown}"
             )
         self.preprocessor = preprocessor
         self.classes = list(classes)

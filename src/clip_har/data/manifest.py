@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from clip_har.errors import ManifestError
-from clip_har.io import atomic_write, file_sha256
+from clip_har.io import atomic_write, file_sha256, noun_form
 
 MANIFEST_FILE = "manifest.parquet"
 
@@ -34,7 +34,9 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Add missing optional columns as nulls, order and type every column."""
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
-        raise ManifestError(f"manifest lacks required column(s): {', '.join(missing)}")
+        raise ManifestError(
+            f"manifest lacks the required {noun_form(len(missing), 'column')} {', '.join(missing)}"
+        )
     frame = frame.copy()
     for name in COLUMNS:
         if name not in frame.columns:

@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 
 from clip_har.data.manifest import conform
-from clip_har.data.validate import FACT_COLUMNS, check_files
+from clip_har.data.validate import FACT_COLUMNS, check_files, no_usable_image
 from clip_har.errors import SourceError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, has_image_name
-from clip_har.io import read_text_input, write_bytes_atomic
+from clip_har.io import plural, read_text_input, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,13 @@ def import_source(
     ``images_dir`` applies to CSV sources; ``cache_dir`` (default: the settings' cache)
     holds images extracted from datasets; ``max_pixels`` guards decoding (bigger images
     keep null size columns); ``progress(done, total)`` is called as files are hashed.
-    A source without rows (a header-only CSV, an empty dataset) is a :class:`SourceError`.
+    A source without rows (a header-only CSV, an empty dataset), or none of whose files
+    exists or can be read, is a :class:`SourceError`.
     """
     entries, origin = _entries(source, images_dir, cache_dir)
     if not entries:
         raise SourceError(f"{origin}: the source has no rows; there is nothing to import")
-    logger.info("%s: %d file(s) to hash", origin, len(entries))
+    logger.info("%s: %s to hash", origin, plural(len(entries), "file"))
     checks = check_files(
         [e.path for e in entries],
         min_side=1,
@@ -78,6 +79,15 @@ def import_source(
         workers=max(2, min(workers, 4)),
         progress=progress,
     )
+    if all(check.sha256 is None for check in checks):  # not one listed file exists or reads
+        unreadable = pd.DataFrame(
+            {
+                "path": [str(e.path) for e in entries],
+                "reason": [c.reason for c in checks],
+                "detail": [c.detail for c in checks],
+            }
+        )
+        raise SourceError(f"{origin}: {no_usable_image(unreadable, 'unreadable')}")
     frame = pd.DataFrame(
         {
             "path": [str(e.path) for e in entries],
@@ -159,9 +169,9 @@ def _folder_entries(root: Path) -> list[_Entry]:
         labelled.extend(_Entry(p, folder.name) for p in _images_below(folder))
     if loose and labelled:
         logger.warning(
-            "%s: %d image(s) sit beside the class sub-folders; they are imported unlabelled",
+            "%s: %s beside the class sub-folders, imported unlabelled",
             root,
-            len(loose),
+            plural(len(loose), "image"),
         )
     return labelled + loose
 
@@ -196,13 +206,17 @@ def _csv_entries(csv_path: Path, images_dir: Path) -> list[_Entry]:
     if not entries:
         raise SourceError(
             f"{csv_path}: no data rows to import "
-            + (f"(all {skipped} row(s) lack a filename)" if skipped else "(only a header)")
+            + (
+                f"({plural(skipped, 'row')}, none with a filename)"
+                if skipped
+                else "(only a header)"
+            )
         )
     if skipped:
-        logger.warning("%s: %d row(s) without a filename were skipped", csv_path, skipped)
+        logger.warning("%s: skipped %s without a filename", csv_path, plural(skipped, "row"))
     missing = sum(not e.path.is_file() for e in entries)
     if missing:
-        logger.warning("%s: %d listed file(s) do not exist under %s", csv_path, missing, base)
+        logger.warning("%s: %s not found under %s", csv_path, plural(missing, "listed file"), base)
     return entries
 
 

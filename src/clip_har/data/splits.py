@@ -101,9 +101,9 @@ def split_manifest(
     for name, ratio in zip(SPLITS, ratios, strict=True):
         if ratio > 0 and not counts[name]:
             logger.warning(
-                "the %s split is empty: %d row(s) are too few for ratio %s",
+                "the %s split is empty: %s too few for ratio %s",
                 name,
-                len(manifest),
+                "1 row is" if len(manifest) == 1 else f"{len(manifest)} rows are",
                 ratio,
             )
     return SplitResult(manifest, report)

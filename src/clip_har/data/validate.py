@@ -70,13 +70,22 @@ class ValidationResult:
             return
         if self.rejected.empty:
             raise DataError("the manifest has no rows to validate")
-        by_reason = self.rejected["reason"].value_counts().sort_index()
-        first = self.rejected.iloc[0]
-        reasons = ", ".join(f"{code}: {count}" for code, count in by_reason.items())
-        raise DataError(
-            f"all {len(self.rejected)} row(s) were rejected ({reasons}; e.g. {first['path']}: "
-            f"{first['detail']}); no image is usable, so nothing was written"
-        )
+        raise DataError(no_usable_image(self.rejected, "rejected"))
+
+
+def no_usable_image(failed: pd.DataFrame, outcome: str) -> str:
+    """Why nothing is written when every row failed: ``"all N rows were OUTCOME (reason
+    counts; e.g. the first path: why); no image is usable, so nothing was written"``.
+    ``failed`` has one row per row, with the columns ``path``, ``reason`` and ``detail``."""
+    by_reason = failed["reason"].value_counts().sort_index()
+    first = failed.iloc[0]
+    reasons = ", ".join(f"{code}: {count}" for code, count in by_reason.items())
+    rows = len(failed)
+    which = "the only row was" if rows == 1 else f"all {rows} rows were"
+    return (
+        f"{which} {outcome} ({reasons}; e.g. {first['path']}: "
+        f"{first['detail']}); no image is usable, so nothing was written"
+    )
 
 
 def check_file(

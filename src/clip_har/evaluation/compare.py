@@ -21,6 +21,7 @@ from clip_har.evaluation.metrics import (
     percentile_interval,
     replicate_scores,
 )
+from clip_har.io import plural
 
 __all__ = ["EXACT_BELOW", "compare_predictions", "mcnemar"]
 
@@ -61,8 +62,8 @@ def _check_paired(a: EvalArrays, b: EvalArrays) -> None:
     differ = int(np.sum(a.y_true != b.y_true))
     if differ:
         raise EvaluationError(
-            f"the labels of the two prediction sets differ at {differ} position(s): they are "
-            "not the same images in the same order; align them by image first"
+            f"the labels of the two prediction sets differ at {plural(differ, 'position')}: "
+            "they are not the same images in the same order; align them by image first"
         )
 
 

@@ -25,6 +25,8 @@ from clip_har.io import (
     REPORT_CSS,
     esc,
     html_table,
+    noun_form,
+    plural,
     png_base64,
     read_text_input,
     write_bytes_atomic,
@@ -84,7 +86,9 @@ def _predictions(path: Path, class_names: list[str]) -> pd.DataFrame:
         raise EvaluationError(f"{path}: not a readable CSV table ({exc})") from None
     missing = sorted({"path", "label", "predicted"} - set(predictions.columns))
     if missing:
-        raise EvaluationError(f"{path}: lacks the column(s) {', '.join(missing)}")
+        raise EvaluationError(
+            f"{path}: lacks the {noun_form(len(missing), 'column')} {', '.join(missing)}"
+        )
     known = set(class_names)
     for column in ("label", "predicted"):
         stray = sorted(set(predictions[column].dropna()) - known)
@@ -148,10 +152,12 @@ def compare_evaluations(
     evaluations = [load_evaluation(ref, output / "downloads") for ref in references]
     base = evaluations[0]
     rows = []
+    data_warnings = []
     for other in evaluations[1:]:
         a, b, unmatched = _paired(base, other)
         result = compare_predictions(a, b, n_bootstrap=n_bootstrap, seed=seed)
         rows.append({"baseline": base.name, "model": other.name, "unpaired": unmatched, **result})
+        data_warnings += _data_warning(base, other, result["n"])
     report = {
         "baseline": base.name,
         "sources": [
@@ -160,7 +166,8 @@ def compare_evaluations(
         ],
         "warnings": list(
             dict.fromkeys(e.source.warning for e in evaluations if e.source and e.source.warning)
-        ),
+        )
+        + data_warnings,
         "comparisons": rows,
     }
     write_json_atomic(output / "compare.json", report)
@@ -168,6 +175,21 @@ def compare_evaluations(
     write_text_atomic(output / "compare.md", _markdown(report))
     write_text_atomic(output / "compare.html", _html(report, plot))
     return report
+
+
+def _data_warning(base: Evaluation, other: Evaluation, shared: int) -> list[str]:
+    """The caveat when ``other`` was evaluated on different data than ``base`` (another
+    manifest content or other rows): the comparison covers only the images both evaluated."""
+    if base.source is None or other.source is None:
+        return []
+    differences = base.source.data_differences(other.source)
+    if not differences:
+        return []
+    return [
+        f"{other.name} was evaluated on different data than {base.name} "
+        f"({'; '.join(differences)}): they are compared only on the "
+        f"{plural(shared, 'image')} both evaluated"
+    ]
 
 
 SOURCE_HEADERS = ("evaluation", "backbone", "strategy", "data", "rows", "data sha256")

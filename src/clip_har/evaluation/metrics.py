@@ -24,6 +24,7 @@ from sklearn.metrics import (
 
 from clip_har.errors import EvaluationError
 from clip_har.evaluation import BOOTSTRAP_RESAMPLES
+from clip_har.io import noun_form, plural
 
 __all__ = [
     "CONFIDENCE",
@@ -288,7 +289,11 @@ def compute_metrics(
         name for name, n, p in zip(names, support, predicted, strict=True) if n == 0 and p > 0
     ]
     if without_support:
-        logger.warning("no evaluation images of class(es): %s", ", ".join(without_support))
+        logger.warning(
+            "no evaluation images of %s: %s",
+            noun_form(len(without_support), "class"),
+            ", ".join(without_support),
+        )
     if predicted_absent:
         logger.warning("predicted but absent from the labels: %s", ", ".join(predicted_absent))
     metrics: dict[str, Any] = {
@@ -331,8 +336,8 @@ def compute_metrics(
         "seed": seed,
     }
     logger.info(
-        "evaluated %d images over %d classes: accuracy %.4f, macro-F1 %.4f, ECE %.4f",
-        len(y_true),
+        "evaluated %s over %d classes: accuracy %.4f, macro-F1 %.4f, ECE %.4f",
+        plural(len(y_true), "image"),
         len(names),
         metrics["accuracy"],
         metrics["macro"]["f1"],

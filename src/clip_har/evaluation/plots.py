@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from clip_har.imaging import load_image, to_rgb
-from clip_har.io import atomic_write
+from clip_har.io import atomic_write, plural
 
 __all__ = [
     "PLOT_FILES",
@@ -154,7 +154,7 @@ def per_class_f1_plot(
         axes.text(macro, len(names) - 0.4, f" macro {macro:.2f}", fontsize=8, color="#555555")
     title = "F1 per class"
     if absent:
-        title += f" ({len(absent)} class(es) without evaluation images left out)"
+        title += f" ({plural(len(absent), 'class')} without evaluation images left out)"
     axes.set_title(title, fontsize=10)
     return _save(figure, path)
 
@@ -355,5 +355,5 @@ def write_plots(
         written["examples"] = example_grid(examples, folder / PLOT_FILES["examples"])
     else:
         logger.warning("no example grid: no readable evaluation images")
-    logger.info("wrote %d plots to %s", len(written), folder)
+    logger.info("wrote %s to %s", plural(len(written), "plot"), folder)
     return written

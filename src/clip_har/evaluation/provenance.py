@@ -111,6 +111,17 @@ class EvaluationSource:
             RANDOM_WEIGHTS_WARNING.format(backbone=self.backbone) if self.random_weights else None
         )
 
+    def data_differences(self, other: EvaluationSource) -> list[str]:
+        """How the data ``other`` measured differs from this one's: the manifest's content
+        (its sha256, when both recorded it) and the rows evaluated; empty when the same."""
+        differences = []
+        hashes = (self.data_sha256, other.data_sha256)
+        if None not in hashes and hashes[0] != hashes[1]:
+            differences.append(f"manifest sha256 {hashes[0]:.12} vs {hashes[1]:.12}")
+        if self.split != other.split:
+            differences.append(f"{self.split_label} vs {other.split_label}")
+        return differences
+
     def rows(self) -> list[tuple[str, str]]:
         """``(field, value)`` rows for a table: model first, then the data."""
         return [

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_har.evaluation.provenance import EvaluationSource
-from clip_har.io import REPORT_CSS, esc, html_table, write_text_atomic
+from clip_har.io import REPORT_CSS, esc, html_table, plural, write_text_atomic
 
 __all__ = ["HTML_FILE", "MARKDOWN_FILE", "render_html", "render_markdown", "write_report"]
 
@@ -117,7 +117,8 @@ def _warnings(
     absent = list(metrics.get("classes_without_support") or [])
     if absent:
         notes.append(
-            f"No evaluation images of {len(absent)} class(es): {', '.join(map(str, absent))}. "
+            f"No evaluation images of {plural(len(absent), 'class')}: "
+            f"{', '.join(map(str, absent))}. "
             "Their recall and F1 are undefined; the macro averages count them as 0."
         )
     predicted = list(metrics.get("predicted_but_absent") or [])
@@ -134,7 +135,7 @@ def _warnings(
         )
     unreadable = meta.get("unreadable")
     if unreadable:
-        notes.append(f"{unreadable} image(s) could not be read and were not evaluated.")
+        notes.append(f"{plural(unreadable, 'image')} could not be read and were not evaluated.")
     return notes
 
 

@@ -24,7 +24,7 @@ from clip_har.evaluation.plots import write_plots
 from clip_har.evaluation.provenance import EvaluationSource
 from clip_har.evaluation.report import write_report
 from clip_har.inference.predictor import PredictOptions, Predictor
-from clip_har.io import write_json_atomic, write_text_atomic
+from clip_har.io import plural, write_json_atomic, write_text_atomic
 from clip_har.models.bundle import open_bundle
 from clip_har.tracking import Tracker
 
@@ -88,7 +88,7 @@ def select_rows(manifest: pd.DataFrame, split: str | None) -> pd.DataFrame:
     if labelled.empty:
         raise ClipHarError("no labelled rows to evaluate: evaluation needs true labels")
     if len(labelled) < len(chosen):
-        logger.warning("%d unlabelled row(s) left out", len(chosen) - len(labelled))
+        logger.warning("%s left out", plural(len(chosen) - len(labelled), "unlabelled row"))
     return labelled.reset_index(drop=True)
 
 

@@ -35,7 +35,7 @@ from clip_har.export.energy import EnergyMeter, NvmlMeter, energy_meter
 from clip_har.export.images import sample_pixels
 from clip_har.inference.engines import EngineOptions, create_engine
 from clip_har.inference.formats import REFERENCE_FORMAT, check_format_names, engine_formats
-from clip_har.io import atomic_write, json_safe, write_json_atomic, write_text_atomic
+from clip_har.io import atomic_write, json_safe, plural, write_json_atomic, write_text_atomic
 from clip_har.models.bundle import Bundle, open_bundle
 from clip_har.version import __version__
 
@@ -104,7 +104,7 @@ def check_formats(names: Sequence[str]) -> tuple[str, ...]:
     """``names`` without duplicates, each one an engine format (torch or an image export);
     a :class:`UsageError` listing the choices otherwise, so a typo is never skipped."""
     try:
-        return tuple(check_format_names(names, engine_formats(), "format(s)"))
+        return tuple(check_format_names(names, engine_formats(), "format"))
     except RegistryError as exc:
         raise UsageError(str(exc)) from None
 
@@ -580,11 +580,11 @@ def run_benchmark(
             timings[name, batch_size] = timed
             if timed.cut_short:
                 log.warning(
-                    "%s at batch size %d: cut short by the time bound after %d batches "
+                    "%s at batch size %d: cut short by the time bound after %s "
                     "(%.2f s timed); raise --max-seconds for the full minimums",
                     name,
                     batch_size,
-                    len(timed.seconds),
+                    plural(len(timed.seconds), "batch"),
                     timed.total,
                 )
             joules[name, batch_size] = None
@@ -793,7 +793,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"# Benchmark: {payload['bundle_name']} ({payload['backbone']})",
         "",
         f"{payload['date']} · {machine['cpu']} · {machine.get('gpu') or config['device']} · "
-        f"{config['threads']} threads ({machine['cores_usable']} usable cores) · "
+        f"{plural(config['threads'], 'thread')} ({machine['cores_usable']} usable cores) · "
         f"torch {machine['torch']} · onnxruntime {machine['onnxruntime']}",
         "",
         markdown_table(payload["rows"]),

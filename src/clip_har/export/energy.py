@@ -55,7 +55,7 @@ class EnergyMeter:
         self.reason = reason if reason is not None or self.available else "no energy counter"
 
     def _read(self) -> Any:
-        """A snapshot of the counter(s); :meth:`_joules` turns two snapshots into joules."""
+        """A snapshot of the counters; :meth:`_joules` turns two snapshots into joules."""
         raise NotImplementedError
 
     def _joules(self, start: Any, end: Any) -> float:

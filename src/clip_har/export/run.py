@@ -5,6 +5,7 @@ and the others are still exported."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -45,7 +46,7 @@ from clip_har.inference.formats import (
     format_names,
     get_format,
 )
-from clip_har.io import file_sha256, replace_directory, staging_directory
+from clip_har.io import file_sha256, plural, replace_directory, staging_directory
 from clip_har.models.bundle import (
     EXPORTS_DIR,
     Bundle,
@@ -110,17 +111,21 @@ class ExportSummary:
 
 def parse_formats(names: Sequence[str]) -> list[str]:
     """``export.formats`` -> a checked, de-duplicated list of registered format names."""
-    return check_format_names(names, format_names(), "export format(s)")
+    return check_format_names(names, format_names(), "export format")
 
 
 class ExportSession:
     """One bundle's export session: the classifier, the parity images and their torch
-    reference, and the intermediate fp32 graphs that several formats build on."""
+    reference, and the intermediate fp32 graphs that several formats build on.
 
-    def __init__(self, bundle: Bundle, options: ExportOptions, work: Path) -> None:
+    Creating one loads the model and the parity images, checking those inputs before
+    anything is written; :attr:`work`, the scratch folder, is set once it exists."""
+
+    work: Path
+
+    def __init__(self, bundle: Bundle, options: ExportOptions) -> None:
         self.bundle = bundle
         self.options = options
-        self.work = work
         self.stage: Callable[[str], None] = lambda step: None  # names the current step
         self.backbone = bundle.load_backbone()
         self.classifier = bundle.load_classifier(self.backbone)
@@ -159,7 +164,7 @@ class ExportSession:
             self.options.seed,
         )
         path = self.work / ("base-" + get_format("onnx-int8-static").file)
-        self.stage(f"calibrating on {len(pixels)} images")
+        self.stage(f"calibrating on {plural(len(pixels), 'image')}")
         details = quantize_static_int8(
             self.base_onnx, path, pixels, self.options.calibration_method
         )
@@ -328,16 +333,40 @@ def export_bundle(
     Each artifact is written next to its final name and moved into place only once it
     is complete; the manifest is rewritten atomically at the end. ``progress(name, done,
     total)`` is called before each format and each slow step of one (its name is then
-    ``"NAME (step)"``: calibration, the parity check)."""
+    ``"NAME (step)"``: calibration, the parity check).
+
+    An export that records nothing (bad inputs, every format failed) leaves the bundle as
+    it was: an ``exports/`` folder it created is removed again."""
     options = options or ExportOptions()
     names = parse_formats(formats)
     bundle = open_bundle(directory)
+    session = ExportSession(bundle, options)  # checks the model and parity data first
     exports = bundle.directory / EXPORTS_DIR
+    created = not exports.exists()
     exports.mkdir(exist_ok=True)
     summary = ExportSummary(bundle)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=exports))
     try:
-        session = ExportSession(bundle, options, work)
+        _export_all(session, names, exports, summary, progress)
+    finally:
+        if created and not summary.records:
+            with contextlib.suppress(OSError):  # only ever an empty folder
+                exports.rmdir()
+    if summary.records:
+        summary.bundle = record_exports(bundle, list(summary.records.values()))
+    return summary
+
+
+def _export_all(
+    session: ExportSession,
+    names: Sequence[str],
+    exports: Path,
+    summary: ExportSummary,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
+    """Export ``names`` one by one into ``exports``, each result into ``summary``, in a
+    scratch folder there that is removed afterwards."""
+    session.work = Path(tempfile.mkdtemp(prefix=".work-", dir=exports))
+    try:
         for done, name in enumerate(names):
             if progress is not None:
                 progress(name, done, len(names))
@@ -354,10 +383,7 @@ def export_bundle(
         if progress is not None:
             progress("done", len(names), len(names))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if summary.records:
-        summary.bundle = record_exports(bundle, list(summary.records.values()))
-    return summary
+        shutil.rmtree(session.work, ignore_errors=True)
 
 
 def _report_stage(
@@ -405,7 +431,7 @@ def _export_one(session: ExportSession, name: str, exports: Path) -> ExportRecor
     staging = session.work / spec.file
     details = EXPORTERS[name].build(session, staging)
     precision = _precision(spec, details)
-    session.stage(f"parity check on {len(session.pixels)} images")
+    session.stage(f"parity check on {plural(len(session.pixels), 'image')}")
     parity = session.parity(spec, staging, precision, details)
     staging.replace(target)
     for companion in spec.companions:

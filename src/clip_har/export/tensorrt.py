@@ -23,7 +23,7 @@ from clip_har.inference.tensorrt_engine import (
 from clip_har.inference.tensorrt_engine import (
     tensorrt_unavailable_reason as _unavailable_reason,
 )
-from clip_har.io import atomic_write
+from clip_har.io import atomic_write, noun_form, plural
 
 __all__ = [
     "OnnxImageModel",
@@ -94,7 +94,8 @@ def inspect_onnx(onnx_path: Path) -> OnnxImageModel:
     missing = [name for name in IMAGE_OUTPUTS if name not in outputs]
     if missing:
         raise ClipHarError(
-            f"{onnx_path} lacks output(s) {', '.join(missing)} (it has {', '.join(outputs)}); "
+            f"{onnx_path} lacks the {noun_form(len(missing), 'output')} {', '.join(missing)} "
+            f"(it has {', '.join(outputs)}); "
             "export the image model with clip-har export first"
         )
     op_types = {node.op_type for node in graph.node}
@@ -295,9 +296,9 @@ def build_tensorrt_engine(
             calibration_batch = min(optimum, images) if images else optimum
             if images % calibration_batch:
                 log.info(
-                    "int8 calibration uses %d of %d images (whole batches of %d)",
+                    "int8 calibration uses %d of %s (whole batches of %d)",
                     images - images % calibration_batch,
-                    images,
+                    plural(images, "image"),
                     calibration_batch,
                 )
             calibrator = _entropy_calibrator(trt, calibration, calibration_batch, calibration_cache)

@@ -16,6 +16,7 @@ import numpy as np
 from clip_har.devices import parse_device
 from clip_har.errors import ClipHarError, RegistryError
 from clip_har.inference.signature import IMAGE_SIGNATURE, TEXT_SIGNATURE, Signature
+from clip_har.io import noun_form
 
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "torchscript", "tensorrt"]
@@ -105,7 +106,10 @@ def register_format(spec: FormatSpec) -> FormatSpec:
     taken = {name for other in _FORMATS.values() for name in (other.file, *other.companions)}
     clash = sorted(taken & {spec.file, *spec.companions})
     if clash:
-        raise RegistryError(f"format '{spec.name}': file(s) {', '.join(clash)} already taken")
+        raise RegistryError(
+            f"format '{spec.name}': {noun_form(len(clash), 'file')} {', '.join(clash)} "
+            "already taken"
+        )
     _FORMATS[spec.name] = spec
     return spec
 
@@ -173,7 +177,9 @@ def check_format_names(names: Sequence[str], choices: Sequence[str], what: str) 
         raise RegistryError(f"no {what} given (choose from {listed})")
     unknown = [name for name in picked if name not in choices]
     if unknown:
-        raise RegistryError(f"unknown {what} {', '.join(unknown)} (choose from {listed})")
+        raise RegistryError(
+            f"unknown {noun_form(len(unknown), what)} {', '.join(unknown)} (choose from {listed})"
+        )
     return picked
 
 

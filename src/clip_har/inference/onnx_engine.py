@@ -15,6 +15,7 @@ import numpy as np
 from clip_har.devices import parse_device
 from clip_har.errors import ClipHarError
 from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUT
+from clip_har.io import noun_form
 from clip_har.lru import BatchLru
 from clip_har.models.prompts import PromptSet, validate_class_names
 
@@ -29,7 +30,8 @@ def execution_providers(device: str, requested: Sequence[str] | None = None) -> 
         missing = [name for name in requested if name not in available]
         if missing:
             raise ClipHarError(
-                f"ONNX Runtime provider(s) {', '.join(missing)} are not in this onnxruntime "
+                f"ONNX Runtime {noun_form(len(missing), 'provider')} {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not in this onnxruntime "
                 f"build (available: {', '.join(available)}); CUDA and TensorRT need "
                 "onnxruntime-gpu on a CUDA machine"
             )

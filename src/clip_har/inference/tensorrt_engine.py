@@ -16,6 +16,7 @@ import numpy as np
 
 from clip_har.errors import TensorRTError, TensorRTUnavailableError
 from clip_har.inference.signature import IMAGE_INPUT, IMAGE_OUTPUTS
+from clip_har.io import plural
 
 if TYPE_CHECKING:
     import torch
@@ -136,7 +137,8 @@ class TensorRTEngine:
         count = torch.cuda.device_count()
         if not 0 <= device < count:
             raise TensorRTError(
-                f"CUDA device {device} does not exist (this machine has {count} CUDA device(s))"
+                f"CUDA device {device} does not exist (this machine has "
+                f"{plural(count, 'CUDA device')})"
             )
         self.path = path
         self.device = torch.device("cuda", device)

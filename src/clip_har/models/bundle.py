@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-MANIFEST_LOCK = "manifest.json.lock"  # held while the manifest is read, changed, rewritten
 HEAD_FILE = "head.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 BACKBONE_DIR = "backbone"
@@ -48,6 +47,7 @@ EXPORTS_DIR = "exports"
 
 # how a fine-tune changed the image encoder: trailing blocks trained, or LoRA merged in
 EncoderMethod = Literal["partial", "lora"]
+_SHA256 = r"^[0-9a-f]{64}$"
 
 
 class _Strict(BaseModel):
@@ -68,6 +68,7 @@ class HeadInfo(_Strict):
     type: str = Field(description="A registered head type (models.heads.HEADS).")
     file: str = HEAD_FILE
     params: dict[str, float] = Field(default_factory=dict)
+    sha256: str | None = Field(None, pattern=_SHA256)  # None in bundles saved before it was
 
     @field_validator("type")
     @classmethod
@@ -80,6 +81,7 @@ class EncoderInfo(_Strict):
     method: EncoderMethod
     file: str = ENCODER_FILE
     tensors: int = Field(gt=0)
+    sha256: str | None = Field(None, pattern=_SHA256)  # None in bundles saved before it was
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class ExportRecord(_Strict):
 
     format: str
     file: str  # relative to the bundle directory
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=_SHA256)
     bytes: int = Field(ge=0)
     precision: Literal["fp32", "fp16", "int8"]
     opset: int | None = None
@@ -228,12 +230,9 @@ class Bundle:
 
     def load_head(self) -> Head:
         """The saved head, rebuilt and checked against the class names and embedding size."""
-        path = self.directory / self.manifest.head.file
-        try:
-            tensors: dict[str, torch.Tensor] = load_file(path)
-        except (SafetensorError, OSError) as exc:
-            raise BundleError(f"{path}: cannot read head weights: {exc}") from None
         info = self.manifest.head
+        path = self.directory / info.file
+        tensors = _read_tensors(path, info.sha256, "head")
         try:
             head = head_class(info.type).from_tensors(tensors, info.params)
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # HeadShapeError too
@@ -259,10 +258,7 @@ class Bundle:
         if info is None:
             return backbone.image_encoder
         path = self.directory / info.file
-        try:
-            tensors: dict[str, torch.Tensor] = load_file(path)
-        except (SafetensorError, OSError) as exc:
-            raise BundleError(f"{path}: cannot read encoder weights: {exc}") from None
+        tensors = _read_tensors(path, info.sha256, "encoder")
         model = copy.deepcopy(backbone.model)
         expected = model.state_dict()
         wrong = [
@@ -285,6 +281,26 @@ class Bundle:
         return HARClassifier(encoder, self.load_head(), self.class_names).eval()
 
 
+def _read_tensors(path: Path, sha256: str | None, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of the ``what`` (head, encoder) weights file ``path``, checked against
+    its recorded ``sha256`` (bundles saved before hashes were recorded have none)."""
+    try:
+        tensors: dict[str, torch.Tensor] = load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{path}: cannot read {what} weights: {exc}") from None
+    changed = None if sha256 is None else _changed(path, sha256)
+    if changed is not None:
+        raise BundleError(f"{path}: {what} weights {changed}")
+    return tensors
+
+
+def _not_a_directory(directory: Path) -> BundleError:
+    """The error for a bundle path that is not a folder: a file, or nothing."""
+    if directory.exists():
+        return BundleError(f"{directory}: is a file, not a bundle directory")
+    return BundleError(f"bundle directory not found: {directory}")
+
+
 def open_bundle(directory: str | Path) -> Bundle:
     """Open and validate a bundle; errors name the file and the field that is wrong.
 
@@ -292,7 +308,7 @@ def open_bundle(directory: str | Path) -> Bundle:
     :func:`verify_bundle`."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise BundleError(f"bundle directory not found: {directory}")
+        raise _not_a_directory(directory)
     manifest = read_manifest(directory)
     head_path = directory / manifest.head.file
     if not head_path.is_file():
@@ -337,9 +353,10 @@ def record_exports(bundle: Bundle, records: list[ExportRecord], *, replace: bool
     """Add (or replace) export records in the manifest, rewriting it atomically;
     ``replace`` drops every earlier record first.
 
-    The manifest is re-read under a lock (:data:`MANIFEST_LOCK`), so concurrent exports
-    of one bundle each add their records instead of overwriting the others'."""
-    with file_lock(bundle.directory / MANIFEST_LOCK):
+    The manifest is re-read under a lock on the bundle folder itself (no lock file is left
+    in it), so concurrent exports of one bundle each add their records instead of
+    overwriting the others'."""
+    with file_lock(bundle.directory):
         current = open_bundle(bundle.directory).manifest
         exports = {} if replace else dict(current.exports)
         exports.update({record.format: record for record in records})
@@ -396,9 +413,14 @@ def save_bundle(
     with staging_directory(target) as staging:
         tensors = {name: tensor.contiguous() for name, tensor in head.state_dict().items()}
         save_file(tensors, staging / HEAD_FILE, metadata={"head_type": head.head_type})
-        if encoder is not None:
+        head_info = manifest.head.model_copy(update={"sha256": file_sha256(staging / HEAD_FILE)})
+        encoder_info = manifest.encoder
+        if encoder is not None and encoder_info is not None:
             encoder_tensors = {k: v.detach().contiguous() for k, v in encoder.tensors.items()}
             save_file(encoder_tensors, staging / ENCODER_FILE, metadata={"method": encoder.method})
+            digest = file_sha256(staging / ENCODER_FILE)
+            encoder_info = encoder_info.model_copy(update={"sha256": digest})
+        manifest = manifest.model_copy(update={"head": head_info, "encoder": encoder_info})
         if include_backbone:
             shutil.copytree(backbone.source_dir, staging / BACKBONE_DIR)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -418,6 +440,7 @@ def _hub_revision(fingerprint: str) -> str | None:
 
 _MISSING = "missing"
 _HASH_SUFFIX = "_sha256"  # an export detail ``x_sha256`` is the hash of the file ``details[x]``
+_NO_HASH = "no recorded hash: loaded and shape-checked only"  # bundles saved before hashes
 
 
 def _changed(path: Path, sha256: str, size: int | None = None) -> str | None:
@@ -451,16 +474,18 @@ class FileVerdict:
 
 
 def verify_bundle(directory: str | Path) -> list[FileVerdict]:
-    """Check every file of a bundle: the manifest, the head (loaded and checked against
-    the classes and embedding size), the encoder tensors, an embedded backbone (against
-    its content fingerprint when it has one) and every export and its companion files
-    against the sha256 the manifest records. Nothing is loaded from outside the folder.
+    """Check every file of a bundle: the manifest, the head (against its recorded sha256,
+    then loaded and checked against the classes and embedding size), the encoder tensors
+    (sha256 and count), an embedded backbone (against its content fingerprint when it has
+    one) and every export and its companion files against the sha256 the manifest records.
+    A head or encoder saved before hashes were recorded is loaded and checked only. Nothing
+    is loaded from outside the folder.
 
     Returns one verdict per file; raises :class:`BundleError` only when ``directory`` is
     not a folder."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise BundleError(f"bundle directory not found: {directory}")
+        raise _not_a_directory(directory)
     try:
         manifest = read_manifest(directory)
     except BundleError as exc:
@@ -495,7 +520,12 @@ def _verify_head(bundle: Bundle) -> FileVerdict:
     except BundleError as exc:
         return FileVerdict(info.file, "head", _reason(exc, path))
     note = f"{info.type} head loads: {len(bundle.class_names)} classes"
-    return FileVerdict(info.file, "head", note=note)
+    return FileVerdict(info.file, "head", note=f"{_hash_note(info.sha256)}; {note}")
+
+
+def _hash_note(sha256: str | None) -> str:
+    """What a verdict checked of a weights file whose recorded hash is ``sha256``."""
+    return "sha256 matches" if sha256 is not None else _NO_HASH
 
 
 def _verify_encoder(bundle: Bundle, info: EncoderInfo) -> FileVerdict:
@@ -503,14 +533,15 @@ def _verify_encoder(bundle: Bundle, info: EncoderInfo) -> FileVerdict:
     if not path.is_file():
         return FileVerdict(info.file, "encoder", _MISSING)
     try:
-        count = len(load_file(path))
-    except (SafetensorError, OSError) as exc:
-        return FileVerdict(info.file, "encoder", f"cannot read encoder weights: {exc}")
+        count = len(_read_tensors(path, info.sha256, "encoder"))
+    except BundleError as exc:
+        return FileVerdict(info.file, "encoder", _reason(exc, path))
     if count != info.tensors:
         return FileVerdict(
             info.file, "encoder", f"{count} tensors; the manifest records {info.tensors}"
         )
-    return FileVerdict(info.file, "encoder", note=f"{info.method}: {count} tensors load")
+    note = f"{_hash_note(info.sha256)}; {info.method}: {count} tensors load"
+    return FileVerdict(info.file, "encoder", note=note)
 
 
 def _verify_backbone(bundle: Bundle) -> FileVerdict:

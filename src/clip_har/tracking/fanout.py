@@ -9,6 +9,7 @@ from typing import Any
 
 from clip_har.config import split_commas
 from clip_har.errors import ConfigError, TrackingError
+from clip_har.io import noun_form
 from clip_har.tracking.base import NullTracker, Status, Tracker
 from clip_har.tracking.mlflow_backend import MLflowTracker
 from clip_har.tracking.wandb_backend import WandbTracker
@@ -88,7 +89,8 @@ def create_tracker(
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise ConfigError(
-            f"unknown tracking backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}"
+            f"unknown tracking {noun_form(len(unknown), 'backend')} {', '.join(unknown)}: "
+            f"choose from {', '.join(BACKENDS)}"
         )
     trackers: list[Tracker] = []
     for backend in dict.fromkeys(backends):

@@ -32,6 +32,7 @@ from torch.utils.data import Sampler
 from clip_har.config import DistributedMode
 from clip_har.data.augment import sample_seed
 from clip_har.errors import DistributedError
+from clip_har.io import plural
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ __all__ = [
     "gather_objects",
     "gradient_sync",
     "init_distributed",
+    "launch_rank",
     "load_full_state_dict",
     "load_optimizer_state_dict",
     "local_context",
@@ -99,6 +101,12 @@ def local_context() -> DistContext:
     return DistContext(rank=0, world_size=1, local_rank=0, device=_default_device(), backend=None)
 
 
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` set it (env ``RANK``; 0 when not launched by
+    it), known before the process group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(backend: str | None = None) -> DistContext:
     """Join the process group ``torchrun`` describes (env ``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``); a single-process context when they are absent.
@@ -115,8 +123,9 @@ def init_distributed(backend: str | None = None) -> DistContext:
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(
-                f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} "
-                "GPU(s): start at most that many processes per node (--nproc_per_node)"
+                f"LOCAL_RANK {local_rank} but this machine has "
+                f"{plural(torch.cuda.device_count(), 'GPU')}: start at most that many processes "
+                "per node (--nproc_per_node)"
             )
         torch.cuda.set_device(device)
     chosen = backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -127,8 +136,8 @@ def init_distributed(backend: str | None = None) -> DistContext:
     context = DistContext(rank, world_size, local_rank, device, torch_dist.get_backend())
     if context.is_main:
         logger.info(
-            "distributed: %d process(es), backend %s, device %s",
-            world_size,
+            "distributed: %s, backend %s, device %s",
+            plural(world_size, "process"),
             context.backend,
             device.type,
         )
@@ -336,7 +345,7 @@ def wrap_model(
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     if context.is_main:
-        logger.info("FSDP: %d block(s) sharded, then the root", len(sharded))
+        logger.info("FSDP: %s sharded, then the root", plural(len(sharded), "block"))
     return model
 
 

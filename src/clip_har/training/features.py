@@ -22,7 +22,7 @@ from safetensors.torch import save as serialize
 from clip_har.data.datasets import ManifestDataset, make_loader
 from clip_har.errors import FeatureStoreError
 from clip_har.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageConfig, Preprocessor
-from clip_har.io import atomic_write, write_json_atomic
+from clip_har.io import atomic_write, noun_form, plural, write_json_atomic
 from clip_har.models.backbone import Backbone
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class FeatureStore:
         present = int(features.present.sum())
         stats = EmbedStats(encoded=encoded, reused=present - encoded, skipped=len(keys) - present)
         logger.info(
-            "embeddings for %d rows: %d encoded, %d reused, %d skipped (store %s)",
-            len(keys),
+            "embeddings for %s: %d encoded, %d reused, %d skipped (store %s)",
+            plural(len(keys), "row"),
             stats.encoded,
             stats.reused,
             stats.skipped,
@@ -320,7 +320,8 @@ def _row_keys(manifest: pd.DataFrame) -> list[str | None]:
     missing = [c for c in ("path", "sha256") if c not in manifest.columns]
     if missing:
         raise FeatureStoreError(
-            f"manifest lacks column(s) {', '.join(missing)}: embedding needs the image paths "
-            "and their sha256 (run `clip-har data import` to compute them)"
+            f"manifest lacks the {noun_form(len(missing), 'column')} {', '.join(missing)}: "
+            "embedding needs the image paths and their sha256 (run `clip-har data import` to "
+            "compute them)"
         )
     return [None if pd.isna(v) or not str(v) else str(v) for v in manifest["sha256"]]

@@ -48,6 +48,7 @@ class TrainOutcome:
     """What a run produced and measured."""
 
     bundle: Bundle | None  # None on ranks other than 0
+    backbone: str  # its label: flagged "(RANDOM WEIGHTS)" for a random-weight preset
     result: StrategyResult
     zero_shot_accuracy: float
     embedding: EmbedStats  # train + val together; ``encoded`` counts image forward passes
@@ -265,4 +266,4 @@ def run_training(
     logger.info(
         "%s: val accuracy %.4f (zero-shot %.4f)", train.strategy, result.val_accuracy, baseline
     )
-    return TrainOutcome(bundle, result, baseline, stats, tracker.run_id)
+    return TrainOutcome(bundle, backbone.label, result, baseline, stats, tracker.run_id)

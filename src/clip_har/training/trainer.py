@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clip_har.config import DistributedMode, Precision, TrainSettings
 from clip_har.errors import TrainingError
-from clip_har.io import atomic_write
+from clip_har.io import atomic_write, plural
 from clip_har.training.distributed import (
     BlockSpec,
     DistContext,
@@ -60,6 +60,7 @@ __all__ = [
     "WarmupCosine",
     "feature_loader",
     "from_section",
+    "has_checkpoint",
     "parameter_groups",
     "seed_everything",
 ]
@@ -435,15 +436,14 @@ class Trainer:
         )
         trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
         self._info(
-            "training %s trainable parameters for %d epoch(s) x %d batch(es), %d optimizer "
-            "step(s), %s, %s on %d process(es)",
+            "training %s trainable parameters for %s x %s, %s, %s, %s on %s",
             f"{trainable:,}",
-            config.epochs,
-            batches,
-            steps,
+            plural(config.epochs, "epoch"),
+            plural(batches, "batch"),
+            plural(steps, "optimizer step"),
             config.precision,
             parts.distributed,
-            self.dist.world_size,
+            plural(self.dist.world_size, "process"),
         )
         run = (self._restore(parts) if resume else None) or _Run()
         start = config.epochs if run.stopped else run.next_epoch
@@ -451,10 +451,10 @@ class Trainer:
             self._epoch(parts, run, epoch, validate, metric)
             if run.stopped:
                 self._info(
-                    "early stopping after epoch %d: no %s gain in %d epoch(s)",
+                    "early stopping after epoch %d: no %s gain in %s",
                     epoch + 1,
                     metric,
-                    config.patience,
+                    plural(run.bad_epochs, "epoch"),
                 )
                 break
         if run.best_epoch != len(run.history) - 1:
@@ -573,7 +573,9 @@ class Trainer:
             must_sync = context.distributed and closes_group and pending
             if (count == 0 or unfillable > 0) and not must_sync:
                 if count > 0:
-                    self._warning("skipped a batch of %d example(s): a rank had none", int(count))
+                    self._warning(
+                        "skipped a batch of %s: a rank had none", plural(int(count), "example")
+                    )
             else:
                 scale = 1.0
                 if labels.numel() == 0:
@@ -609,7 +611,8 @@ class Trainer:
                 self._report(FitStatus(epoch + 1, config.epochs, seen, parts.batches, "train"))
         if seen != parts.batches:
             raise TrainingError(
-                f"the train loader yielded {seen} batch(es) but its length is {parts.batches}"
+                f"the train loader yielded {plural(seen, 'batch')} but its length is "
+                f"{parts.batches}"
             )
         loss_sum, weight_sum = all_reduce_sum(totals, context).tolist()
         return (loss_sum / weight_sum if weight_sum > 0 else math.nan), float(lr)
@@ -714,8 +717,8 @@ class Trainer:
         states: list[dict[str, Any]] = meta["rng"]
         if len(states) != self.dist.world_size:
             self._warning(
-                "the checkpoint comes from %d process(es), this run has %d: random streams differ",
-                len(states),
+                "the checkpoint comes from %s, this run has %d: random streams differ",
+                plural(len(states), "process"),
                 self.dist.world_size,
             )
         _set_rng_state(states[min(self.dist.rank, len(states) - 1)], parts.train, self.dist.device)
@@ -730,6 +733,12 @@ class Trainer:
             stopped=meta["stopped"],
             history=meta["history"],
         )
+
+
+def has_checkpoint(checkpoint_dir: Path) -> bool:
+    """Whether ``checkpoint_dir`` holds a checkpoint for a fit with ``resume`` to read
+    (without one, such a fit starts from scratch)."""
+    return (checkpoint_dir / CHECKPOINT_FILE).is_file()
 
 
 def _fused_adamw(model: nn.Module) -> bool:
