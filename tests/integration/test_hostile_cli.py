@@ -637,7 +637,12 @@ CASES: dict[str, list[Case]] = {
             lambda w: [w.folder, w.folder, "-o", _out(w, "c3")],
             lambda w: [w.folder],
         ),
-        Case("only one evaluation", lambda w: [w.folder, "-o", _out(w, "c4")], lambda w: ["two"]),
+        Case(
+            "only one evaluation",
+            lambda w: [w.folder, "-o", _out(w, "c4")],
+            lambda w: ["two"],
+            EXIT_USAGE,
+        ),
         Case(
             "corrupt metrics_full.json",
             lambda w: [w.corrupt_details, w.corrupt_details, "-o", _out(w, "c5")],

@@ -61,7 +61,7 @@ def test_preview_errors(tmp_path: Path) -> None:
     output = tmp_path / "grid.png"
     result = CliRunner().invoke(app, [str(manifest), "-o", str(output)])
     assert isinstance(result.exception, ClipHarError)
-    assert "no readable image among the 1 rows" in str(result.exception)
+    assert "no readable image in 1 row of" in str(result.exception)
     result = CliRunner().invoke(app, [str(manifest), "-o", str(output), "--policy", "heavy"])
     assert "choose one of: none, light, strong" in str(result.exception)
     assert not output.exists()

@@ -119,9 +119,7 @@ def preview_augment_command(
     with ProgressBar("loading images", threshold=0) as bar:  # each step is slow: always a bar
         picked = _pick(frame, preprocessor, images, seed, bar)
         if not picked:
-            raise ClipHarError(
-                f"no readable image among the {plural(len(frame), 'row')} of {manifest}"
-            )
+            raise ClipHarError(f"no readable image in {plural(len(frame), 'row')} of {manifest}")
         if len(picked) < images:
             logger.warning(
                 "only %s readable; the grid has %s",
