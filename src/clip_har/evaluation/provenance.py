@@ -11,6 +11,7 @@ from typing import Any
 
 from clip_har.data.manifest import manifest_path
 from clip_har.io import file_sha256
+from clip_har.models.backbone import backbone_label
 from clip_har.models.bundle import Manifest
 
 __all__ = [
@@ -97,7 +98,7 @@ class EvaluationSource:
     @property
     def backbone_label(self) -> str:
         """The backbone spec, flagged when its weights are random."""
-        return self.backbone + (" (RANDOM WEIGHTS)" if self.random_weights else "")
+        return backbone_label(self.backbone, self.random_weights)
 
     @property
     def title(self) -> str:

@@ -51,6 +51,11 @@ def pooled_output(output: Any) -> torch.Tensor:
     return pooled
 
 
+def backbone_label(spec: str, random_weights: bool) -> str:
+    """A backbone's human name: a random-weight preset is always flagged as such."""
+    return f"{spec} (RANDOM WEIGHTS)" if random_weights else spec
+
+
 @dataclass
 class Backbone:
     """A loaded vision-language model with the pieces every other part needs."""
@@ -84,7 +89,7 @@ class Backbone:
     @property
     def label(self) -> str:
         """Human name; random presets are always marked as such."""
-        return f"{self.spec} (RANDOM WEIGHTS)" if self.random_weights else self.spec
+        return backbone_label(self.spec, self.random_weights)
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
