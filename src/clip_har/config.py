@@ -216,6 +216,29 @@ class ExportSettings(_Section):
     parity: ParitySettings = ParitySettings()
 
 
+class RegistrySettings(_Section):
+    """The MLflow model registry: what the pipeline registers and the promotion gate."""
+
+    enabled: bool = Field(
+        False, description="The pipeline's register stage registers only when true."
+    )
+    name: str = Field("clip-har", min_length=1, description="Registered model name.")
+    promote: str = Field(
+        "production",
+        min_length=1,
+        description="Alias the register stage promotes a new version to, through the gate "
+        "('none': no promotion).",
+    )
+    primary_metric: str = Field(
+        "accuracy", min_length=1, description="The metric the promotion gate compares."
+    )
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="A candidate may score this much below the alias holder and still pass.",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of clip-har."""
 
@@ -236,6 +259,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     predict: PredictSettings = PredictSettings()
     export: ExportSettings = ExportSettings()
+    registry: RegistrySettings = RegistrySettings()
 
     @classmethod
     def settings_customise_sources(

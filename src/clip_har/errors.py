@@ -143,6 +143,22 @@ class TrackingError(ClipHarError):
     """A tracking backend failed while tracking was strict (``--strict-tracking``)."""
 
 
+# --------------------------------------------------------------------------- lifecycle
+
+
+class ModelRegistryError(ClipHarError):
+    """The MLflow model registry cannot do what was asked: unknown model, version or alias,
+    an unreachable store, or a registered version that is not a clip-har bundle."""
+
+
+class PromotionRefused(ModelRegistryError):
+    """The promotion gate refused a candidate (its decision is in the promotion history)."""
+
+
+class HubError(ClipHarError):
+    """The Hugging Face Hub cannot be reached, refuses the token, or a repo is not a bundle."""
+
+
 # --------------------------------------------------------------------------- images
 
 

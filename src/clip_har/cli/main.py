@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from clip_har.cli import bundle, data, evaluate, train
+from clip_har.cli import bundle, data, evaluate, registry, train
 from clip_har.cli.benchmark import benchmark
 from clip_har.cli.common import ClipHarGroup, configure_logging
 from clip_har.cli.export import export
@@ -27,6 +27,7 @@ app.add_typer(bundle.app, name="bundle")
 app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
+app.add_typer(registry.app, name="registry")
 app.command("predict")(predict)
 app.command("export")(export)
 app.command("benchmark")(benchmark)
