@@ -7,10 +7,11 @@ MODEL ?= openai/clip-vit-base-patch16
 DATA ?= ../shared/data/har/sample
 STRATEGY ?= linear-probe
 OUT ?= outputs/demo
+NAME ?= clip-har
 PYTEST_ARGS ?=
 WORKERS ?= auto
 
-.PHONY: install demo demo-train test lint typecheck imports unit bench clean
+.PHONY: install demo demo-lifecycle test lint typecheck imports unit bench clean
 
 install: $(VENV)/.installed
 
@@ -20,9 +21,13 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $@
 
-# zero-shot bundle + predictions, then import -> validate -> split -> train a head
-# (DATA: labels.csv + images/, or class sub-folders; an unlabelled folder stops after the
-# predictions); the run is tracked in $(OUT)/mlruns.db
+# zero-shot bundle + predictions of DATA; then, for labelled DATA, the whole lifecycle in a
+# fresh project $(OUT)/project (its own git repository with DVC): `clip-har project init`,
+# `dvc repro` (import -> validate -> split -> embed -> train -> evaluate -> export ->
+# register, promoted to @production through the gate), a commit of the results (the baseline
+# of `dvc exp run`), and `clip-har project summary`. The registry is the project's
+# mlruns.db. Everything is written under $(OUT) (git-ignored): this repository stays clean.
+# An unlabelled DATA folder stops after the predictions.
 demo: install
 	@test -e "$(DATA)" || { echo "DATA=$(DATA) does not exist: pass DATA=<image folder>"; exit 2; }
 	$(BIN)/clip-har bundle create --model $(MODEL) -o $(OUT)/bundle --force
@@ -30,16 +35,25 @@ demo: install
 	$(BIN)/clip-har data import "$(DATA)" -o $(OUT)/data/imported --force
 	@labelled=$$($(BIN)/clip-har data has-labels $(OUT)/data/imported) || exit 1; \
 	if [ "$$labelled" = yes ]; then \
-		$(MAKE) --no-print-directory demo-train; \
+		$(MAKE) --no-print-directory demo-lifecycle; \
 	else \
 		echo "$(DATA) has no labels: predictions are in $(OUT)/predictions.csv; training needs labels (labels.csv or one sub-folder per class)"; \
 	fi
 
-demo-train: install
-	$(BIN)/clip-har data validate $(OUT)/data/imported -o $(OUT)/data/validated --force
-	$(BIN)/clip-har data split $(OUT)/data/validated -o $(OUT)/data/split --force
-	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(OUT))/mlruns.db $(BIN)/clip-har train \
-		-d $(OUT)/data/split -o $(OUT)/trained --model $(MODEL) --strategy $(STRATEGY) --force
+PROJECT := $(abspath $(OUT))/project
+# the venv's clip-har for the stages, the project's own registry, no DVC analytics
+IN_PROJECT := cd "$(PROJECT)" && PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 \
+	MLFLOW_TRACKING_URI="sqlite:///$(PROJECT)/mlruns.db"
+# a commit identity only where git has none configured
+GIT_IDENTITY := $$(git config user.name >/dev/null || echo -c user.name=clip-har) \
+	$$(git config user.email >/dev/null || echo -c user.email=clip-har@localhost)
+
+demo-lifecycle: install
+	$(BIN)/clip-har project init "$(PROJECT)" --data "$(DATA)" --model $(MODEL) \
+		--strategy $(STRATEGY) --register $(NAME) --force
+	$(IN_PROJECT) "$(abspath $(BIN))/python" -m dvc repro
+	$(IN_PROJECT) git add -A && git $(GIT_IDENTITY) commit --quiet -m "dvc repro: the baseline"
+	$(IN_PROJECT) "$(abspath $(BIN))/clip-har" project summary .
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""Locate the files shipped in ``configs/`` (class lists, prompt sets, model presets)."""
+"""Locate the files shipped with clip-har: ``configs/`` (class lists, prompt sets, model
+presets) and the project template (``dvc.yaml`` + ``params.yaml``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ def configs_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise ConfigError(f"cannot find the clip-har configs/ folder next to {_PACKAGE_DIR}")
+
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml")
+"""The pipeline and its settings: what ``clip-har project init`` copies into a project."""
+
+
+def project_template_dir() -> Path:
+    """The folder holding :data:`PROJECT_FILES`: packaged inside a wheel
+    (``clip_har/project/``), or the source checkout's root."""
+    for candidate in (_PACKAGE_DIR / "project", _PACKAGE_DIR.parents[1]):
+        if all((candidate / name).is_file() for name in PROJECT_FILES):
+            return candidate
+    raise ConfigError(
+        f"cannot find the clip-har project template ({', '.join(PROJECT_FILES)}) next to "
+        f"{_PACKAGE_DIR}"
+    )
 
 
 def builtin_names(kind: str, suffix: str) -> list[str]:

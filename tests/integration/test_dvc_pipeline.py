@@ -4,6 +4,7 @@ into a fresh clone."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ def dvc(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def ran_stages(log: str) -> set[str]:
-    stages = ("import", "validate", "split", "embed", "train", "evaluate", "export")
+    stages = ("import", "validate", "split", "embed", "train", "evaluate", "export", "register")
     return {stage for stage in stages if f"Running stage '{stage}'" in log}
 
 
@@ -86,12 +87,15 @@ def make_project(repo: Path, env: dict[str, str]) -> None:
     params["train"].update(epochs=3, tracking=[])
     params["export"]["formats"] = ["onnx", "onnx-int8", "text-onnx"]  # the rest: tested elsewhere
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_photos(repo / "raw")
+
+
+def make_photos(folder: Path) -> None:
+    """3 classes x 8 generated photos of different sizes, one sub-folder per class."""
     for c, label in enumerate(CLASSES):
-        (repo / "raw" / label).mkdir(parents=True)
+        (folder / label).mkdir(parents=True)
         for i in range(8):
-            make_photo(
-                repo / "raw" / label / f"{i}.png", size=(64 + 8 * i, 48 + c), seed=c * 10 + i
-            )
+            make_photo(folder / label / f"{i}.png", size=(64 + 8 * i, 48 + c), seed=c * 10 + i)
 
 
 def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[str, str]) -> None:
@@ -108,8 +112,10 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
 
     first = dvc("repro", cwd=repo, env=env)
     assert ran_stages(first) == {
-        "import", "validate", "split", "embed", "train", "evaluate", "export"
+        "import", "validate", "split", "embed", "train", "evaluate", "export", "register"
     }  # fmt: skip
+    registered = json.loads((repo / "models" / "registered.json").read_text())
+    assert registered["registered"] is False  # registry.enabled is false by default
     exported = open_bundle(repo / "models" / "exported").manifest.exports
     assert set(exported) == set(parse_formats(params_of(repo)["export"]["formats"]))
     assert all(r.passed and r.parity and r.parity.real_photos for r in exported.values())
@@ -139,7 +145,7 @@ def test_dvc_repro_noop_partial_rerun_push_and_pull(tmp_path: Path, env: dict[st
     assert ran_stages(reseeded) == {"split"}
     assert "Stage 'import' didn't change" in reseeded
     downstream = dvc("repro", cwd=repo, env=env)
-    assert ran_stages(downstream) == {"embed", "train", "evaluate", "export"}
+    assert ran_stages(downstream) == {"embed", "train", "evaluate", "export", "register"}
 
     remote = tmp_path / "remote"
     added = run_cli("data", "remote", "add", "store", str(remote), cwd=repo, env=env)

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -621,6 +622,66 @@ CASES: dict[str, list[Case]] = {
             EXIT_USAGE,
         ),
     ],
+    "registry register": [
+        *_bundle_cases(after=lambda w: ["--name", "har"]),
+        Case(
+            "invalid --name",
+            lambda w: [w.bundle, "--name", "no spaces"],
+            lambda w: ["invalid registered model name"],
+            EXIT_USAGE,
+        ),
+    ],
+    "registry list": [
+        Case("an unexpected argument", lambda w: ["har"], lambda w: ["har"], EXIT_USAGE),
+    ],
+    "registry show": [
+        Case("invalid reference", lambda w: ["har/v1"], lambda w: ["models:/NAME"], EXIT_USAGE),
+        Case("no store here", lambda w: ["har@production"], lambda w: ["no model registry"]),
+    ],
+    "registry compare": [
+        Case("invalid reference", lambda w: ["har/1", "har"], lambda w: ["'har'"], EXIT_USAGE),
+    ],
+    "registry promote": [
+        Case("no store here", lambda w: ["har", "1"], lambda w: ["no model registry"]),
+        Case("version 0", lambda w: ["har", "0"], lambda w: ["VERSION"], EXIT_USAGE),
+        Case("version not a number", lambda w: ["har", "one"], lambda w: ["VERSION"], EXIT_USAGE),
+        Case(
+            "invalid alias",
+            lambda w: ["har", "1", "--alias", "prod uction"],
+            lambda w: ["invalid alias"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "alias MLflow reserves",
+            lambda w: ["har", "1", "--alias", "latest"],
+            lambda w: ["reserved"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "--force without --reason",
+            lambda w: ["har", "1", "--force"],
+            lambda w: ["--reason"],
+            EXIT_USAGE,
+        ),
+    ],
+    "registry rollback": [
+        Case("no store here", lambda w: ["har"], lambda w: ["no model registry"]),
+        Case(
+            "invalid name",
+            lambda w: ["../har"],
+            lambda w: ["invalid registered model name"],
+            EXIT_USAGE,
+        ),
+    ],
+    "registry history": [
+        Case("no store here", lambda w: ["har"], lambda w: ["no model registry"]),
+        Case(
+            "invalid alias",
+            lambda w: ["har", "--alias", "@prod"],
+            lambda w: ["invalid alias"],
+            EXIT_USAGE,
+        ),
+    ],
     "evaluate compare": [
         Case(
             "missing evaluations",
@@ -654,7 +715,132 @@ CASES: dict[str, list[Case]] = {
             lambda w: [w.columnless_predictions / "predictions.csv", "label, path, predicted"],
         ),
     ],
+    "hub export": [
+        *_bundle_cases(after=lambda w: [_out(w, "hub1")]),
+        Case(
+            "--evaluation is not an evaluation",
+            lambda w: [w.bundle, _out(w, "hub2"), "--evaluation", w.folder],
+            lambda w: [w.folder / "metrics.json", "missing"],
+        ),
+        Case(
+            "OUT inside the bundle",
+            lambda w: [w.bundle, w.bundle / "hub"],
+            lambda w: ["inside the input"],
+            EXIT_USAGE,
+        ),
+        Case("OUT is a file", lambda w: [w.bundle, w.file], lambda w: [w.file]),
+    ],
+    "hub push": [
+        Case(
+            "a bundle, not a hub export",
+            lambda w: [w.bundle, "--repo-id", "team/model"],
+            lambda w: ["not a `clip-har hub export` output"],
+        ),
+        Case(
+            "missing folder",
+            lambda w: [w.missing, "--repo-id", "team/model"],
+            lambda w: [w.missing],
+        ),
+        Case(
+            "invalid --repo-id",
+            lambda w: [w.bundle, "--repo-id", "a/b/c"],
+            lambda w: ["--repo-id", "a/b/c"],
+            EXIT_USAGE,
+        ),
+    ],
+    "hub pull": [
+        Case("invalid ID", lambda w: ["../up"], lambda w: ["../up"], EXIT_USAGE),
+        Case(
+            "-o is a file",
+            lambda w: ["team/model", "-o", w.file],
+            lambda w: [w.file, "already exists"],
+        ),
+    ],
+    "project init": [
+        Case(
+            "missing --data",
+            lambda w: [_out(w, "project1"), "--data", w.missing],
+            lambda w: [w.missing, "does not exist"],
+        ),
+        Case(
+            "DIR is a file",
+            lambda w: [w.file, "--data", w.photos],
+            lambda w: [w.file, "is a file"],
+        ),
+        Case(
+            "DIR inside --data",
+            lambda w: [w.photos / "project", "--data", w.photos],
+            lambda w: ["inside the input"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "invalid --register name",
+            lambda w: [_out(w, "project2"), "--data", w.photos, "--register", "a b"],
+            lambda w: ["invalid registered model name"],
+            EXIT_USAGE,
+        ),
+    ],
+    "project summary": [
+        Case("missing DIR", lambda w: [w.missing], lambda w: [w.missing, "not a clip-har project"]),
+        Case("not a project", lambda w: [w.folder], lambda w: ["no dvc.yaml"]),
+    ],
 }
+
+
+_LISTENERS: list[socket.socket] = []  # kept open for the module: a port something listens on
+
+
+def _busy_port(w: World) -> str:
+    if not _LISTENERS:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        _LISTENERS.append(listener)
+    return str(_LISTENERS[0].getsockname()[1])
+
+
+_UNKNOWN_MODEL = "models:/no-such-model@production"  # no registry in the empty working folder
+CASES["mlflow serve"] = [
+    Case(
+        "port already in use",
+        lambda w: ["--host", "127.0.0.1", "--port", _busy_port(w)],
+        lambda w: ["already in use", "--port"],
+    ),
+    Case("unknown --host", lambda w: ["--host", "no-such-host.invalid"], lambda w: ["--host"]),
+    Case(
+        "--artifacts-destination is a file",
+        lambda w: ["--artifacts-destination", w.file],
+        lambda w: [w.file],
+    ),
+]
+CASES["predict"].append(
+    Case(
+        "unknown models:/ bundle",
+        lambda w: [w.photos, "-b", _UNKNOWN_MODEL],
+        lambda w: [_UNKNOWN_MODEL],
+    )
+)
+CASES["evaluate"].append(
+    Case(
+        "unknown models:/ bundle",
+        lambda w: ["-b", _UNKNOWN_MODEL, "-d", w.manifest, "-o", _out(w, "e-models")],
+        lambda w: [_UNKNOWN_MODEL],
+    )
+)
+for _command, _output in (("export", "x-models"), ("benchmark", "b-models")):
+    CASES[_command] += [
+        Case(
+            "models:/ without --output",
+            lambda w: [_UNKNOWN_MODEL],
+            lambda w: [_UNKNOWN_MODEL, "--output"],
+            EXIT_USAGE,
+        ),
+        Case(
+            "unknown models:/ bundle",
+            lambda w, out=_output: [_UNKNOWN_MODEL, "-o", _out(w, out)],
+            lambda w: [_UNKNOWN_MODEL],
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- the tests

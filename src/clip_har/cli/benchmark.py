@@ -12,14 +12,21 @@ from clip_har.cli.common import ProgressBar, err_console, settings_from
 from clip_har.cli.outputs import force_option, output_option, prepare_output
 from clip_har.config import split_commas
 from clip_har.devices import DEVICE_NAMES, parse_device
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
 from clip_har.io import publish_directory
+from clip_har.registry.resolve import resolve_bundle
+from clip_har.registry.store import is_model_uri
 
 
 def benchmark(
     ctx: typer.Context,
-    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
+    reference: str = typer.Argument(
+        ...,
+        metavar="BUNDLE",
+        help="Bundle directory, or a registered version (models:/NAME@ALIAS or "
+        "models:/NAME/VERSION; then --output is required).",
+    ),
     formats: str | None = typer.Option(
         None,
         "--formats",
@@ -89,6 +96,13 @@ def benchmark(
     chosen = None if formats is None else check_formats(split_commas(formats))
     if data is not None and not data.exists():
         raise ClipHarError(f"--data {data}: no such file or folder")
+    if is_model_uri(reference) and output is None:
+        raise UsageError(
+            f"{reference} is a registered version, kept verified in the cache: write the "
+            "results elsewhere with --output DIR"
+        )
+    settings = settings_from(ctx)
+    bundle = resolve_bundle(reference, cache_dir=settings.cache_dir)
     prepare_output(output, kind="dir", inputs=[bundle, data], force=force)
     opened = open_bundle(bundle)
     if chosen is None:
@@ -108,7 +122,6 @@ def benchmark(
         measure_memory=memory,
     )
     target = output if output is not None else opened.directory / "exports" / "benchmark"
-    settings = settings_from(ctx)
     tracker = create_tracker(
         split_commas(tracking),
         experiment=settings.train.experiment,

@@ -30,7 +30,13 @@ app = typer.Typer(
 @app.callback()
 def evaluate(
     ctx: typer.Context,
-    bundle: str | None = typer.Option(None, "--bundle", "-b", help="Bundle directory."),
+    bundle: str | None = typer.Option(
+        None,
+        "--bundle",
+        "-b",
+        help="Bundle directory, or a registered version: models:/NAME@ALIAS or "
+        "models:/NAME/VERSION.",
+    ),
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Manifest folder (from data import|validate|split)."
     ),
@@ -70,10 +76,12 @@ def evaluate(
         raise UsageError("clip-har evaluate needs --bundle, --data and --output")
     from clip_har.evaluation.run import evaluate as run_evaluation
     from clip_har.inference.predictor import PredictOptions
+    from clip_har.registry.resolve import resolve_bundle
     from clip_har.tracking import create_tracker
 
     settings = settings_from(ctx, {"train": drop_none({"tracking": tracking})})
-    prepare_output(output, kind="dir", inputs=[bundle, *manifest_inputs(data)], force=force)
+    folder = resolve_bundle(bundle, cache_dir=settings.cache_dir)
+    prepare_output(output, kind="dir", inputs=[folder, *manifest_inputs(data)], force=force)
     tracker = create_tracker(
         settings.train.tracking,
         experiment=settings.train.experiment,
@@ -89,7 +97,7 @@ def evaluate(
             tags={},
         )
         outcome = run_evaluation(
-            bundle,
+            str(folder),
             data,
             staging,
             split=split,

@@ -23,6 +23,8 @@ from clip_har.config import CALIBRATION_METHODS, split_commas
 from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.formats import format_names, get_format
 from clip_har.io import plural, replace_directory, staging_directory
+from clip_har.registry.resolve import resolve_bundle
+from clip_har.registry.store import is_model_uri
 
 if TYPE_CHECKING:
     from clip_har.export.run import ExportOptions, ExportSummary
@@ -32,7 +34,12 @@ _TENSORRT_PRECISIONS = get_format("tensorrt").precisions
 
 def export(
     ctx: typer.Context,
-    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory to export."),
+    reference: str = typer.Argument(
+        ...,
+        metavar="BUNDLE",
+        help="Bundle directory to export, or a registered version (models:/NAME@ALIAS or "
+        "models:/NAME/VERSION; then --output is required).",
+    ),
     formats: str | None = typer.Option(
         None,
         "--formats",
@@ -73,7 +80,8 @@ def export(
     if formats is not None and not split_commas(formats):
         raise UsageError("--formats is empty: name at least one format (see clip-har formats)")
     overrides = {"formats": formats, "opset": opset, "parity_images": parity_images}
-    settings = settings_from(ctx, {"export": drop_none(overrides)}).export
+    everything = settings_from(ctx, {"export": drop_none(overrides)})
+    settings = everything.export
     options = ExportOptions.from_settings(
         settings,
         parity_data=parity_data,
@@ -86,6 +94,12 @@ def export(
         names = parse_formats(settings.formats)
     except ClipHarError as exc:  # a bad --formats is a usage error; a bad params.yaml is not
         raise (UsageError(str(exc)) if formats is not None else exc) from None
+    if is_model_uri(reference) and output is None:
+        raise UsageError(
+            f"{reference} is a registered version, kept verified in the cache: export it into "
+            "a copy with --output DIR"
+        )
+    bundle = resolve_bundle(reference, cache_dir=everything.cache_dir)
     read = [bundle, calibration, parity_data]
     prepare_output(output, kind="dir", inputs=read, force=force)
     if output is None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from clip_har.cli import bundle, data, evaluate, registry, train
+from clip_har.cli import bundle, data, evaluate, hub, project, registry, train
+from clip_har.cli import mlflow as mlflow_cli  # not the mlflow package
 from clip_har.cli.benchmark import benchmark
 from clip_har.cli.common import ClipHarGroup, configure_logging
 from clip_har.cli.export import export
@@ -28,6 +29,9 @@ app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(registry.app, name="registry")
+app.add_typer(project.app, name="project")
+app.add_typer(hub.app, name="hub")
+app.add_typer(mlflow_cli.app, name="mlflow")
 app.command("predict")(predict)
 app.command("export")(export)
 app.command("benchmark")(benchmark)

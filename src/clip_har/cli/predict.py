@@ -26,6 +26,7 @@ from clip_har.inference.inputs import CollectedInputs, collect_inputs
 from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
 from clip_har.io import plural
 from clip_har.models.prompts import load_prompt_set, parse_class_names, resolve_class_names
+from clip_har.registry.resolve import resolve_bundle
 
 
 def predict(
@@ -33,7 +34,13 @@ def predict(
     inputs: list[str] = typer.Argument(
         ..., metavar="IMAGES...", help="Image files, folders or glob patterns."
     ),
-    bundle: Path | None = typer.Option(None, "--bundle", "-b", help="Bundle directory."),
+    bundle: str | None = typer.Option(
+        None,
+        "--bundle",
+        "-b",
+        help="Bundle directory, or a registered version: models:/NAME@ALIAS or "
+        "models:/NAME/VERSION.",
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Hub id, local directory or preset (zero-shot, no bundle)."
     ),
@@ -67,12 +74,13 @@ def predict(
         ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
     )
     collected = collect_inputs(inputs)
-    read = [*inputs, *collected.paths, bundle, model, prompts]
+    folder = None if bundle is None else resolve_bundle(bundle, cache_dir=settings.cache_dir)
+    read = [*inputs, *collected.paths, folder, model, prompts]
     prepare_output(output, suffixes=tuple(RENDERERS), inputs=read, force=force)
 
     if collected.paths:
         engine = EngineOptions(force=ignore_parity)
-        predictor = _make_predictor(settings, bundle, model, labels, prompts, engine, model_format)
+        predictor = _make_predictor(settings, folder, model, labels, prompts, engine, model_format)
         results = _run(predictor, collected)
         title = f"{plural(len(results), 'image')} — model: {predictor.model_label}"
     else:  # nothing to predict: every input gets its error row without loading a model

@@ -17,7 +17,7 @@ from clip_har.tracking.mlflow_backend import default_tracking_uri, probe_server
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 SCHEME = "models:/"
 # MLflow accepts more; these names survive URIs, paths and shells unquoted
@@ -37,6 +37,7 @@ TAG_TRAINING_RUN = f"{TAG_PREFIX}training_run_id"
 TAG_PARENT_BUNDLE = f"{TAG_PREFIX}parent_bundle"  # where the registered bundle came from
 TAG_HAS_EVALUATION = f"{TAG_PREFIX}evaluation"  # "true" when the run holds `evaluation/`
 BUNDLE_ARTIFACT = "bundle"  # the pyfunc model's artifact key holding the bundle folder
+NO_PROMOTION = "none"  # params registry.promote / register --promote: promote nothing
 
 
 def check_name(name: str) -> str:
@@ -101,6 +102,27 @@ def tracking_uri() -> str:
     return default_tracking_uri(Path.cwd())
 
 
+def store_is_missing(uri: str) -> bool:
+    """Whether ``uri`` is a SQLite store whose file does not exist: it holds no model, and
+    opening it would create an empty database where nobody asked for one."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = Path(uri.removeprefix("sqlite:///"))
+    return not (path if path.is_absolute() else Path.cwd() / path).is_file()
+
+
+def existing_registry_client(uri: str | None = None) -> MlflowClient:
+    """:func:`registry_client` for reading: a SQLite store that does not exist holds no
+    model, so it is a clear error instead of a new empty database where nobody asked."""
+    uri = uri or tracking_uri()
+    if store_is_missing(uri):
+        raise ModelRegistryError(
+            f"no model registry at {uri}: register a bundle first (`clip-har registry "
+            "register`), or set MLFLOW_TRACKING_URI to the store that holds the model"
+        )
+    return registry_client(uri)
+
+
 def registry_client(uri: str | None = None) -> MlflowClient:
     """An MLflow client on ``uri`` (default :func:`tracking_uri`); a server that does not
     answer fails within seconds, naming the fix."""
@@ -115,17 +137,24 @@ def registry_client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def get_model(client: MlflowClient, name: str) -> RegisteredModel:
+    """The registered model ``name``; a clear error when the store has none of that name."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        raise ModelRegistryError(
+            f"no registered model '{name}' in {client.tracking_uri}: "
+            "`clip-har registry list` shows the registered models"
+        ) from None
+
+
 def get_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
     """The model version ``ref`` names; a clear error for an unknown model, version or alias."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        client.get_registered_model(ref.name)
-    except MlflowException:
-        raise ModelRegistryError(
-            f"no registered model '{ref.name}' in {client.tracking_uri}: "
-            "`clip-har registry list` shows the registered models"
-        ) from None
+    get_model(client, ref.name)
     try:
         if ref.alias is not None:
             return client.get_model_version_by_alias(ref.name, ref.alias)

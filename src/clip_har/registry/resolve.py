@@ -1,0 +1,157 @@
+"""``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` wherever a bundle folder is accepted.
+
+A registered version is an MLflow pyfunc model whose artifact ``bundle``
+(:data:`~clip_har.registry.store.BUNDLE_ARTIFACT`) holds the bundle folder. It is
+downloaded once into ``CACHE/registry/<store>/<NAME>/<VERSION>/`` (``<store>``: the first
+12 hex digits of the sha256 of the tracking URI, so two stores never share an entry),
+verified like any bundle, and published atomically. An alias is resolved to its version on
+every call, since aliases move; a version, once cached, is reused without downloading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clip_har.errors import BundleError, ModelRegistryError
+from clip_har.io import file_lock, replace_directory, staging_directory
+from clip_har.models.bundle import open_bundle, verify_bundle
+from clip_har.registry.store import (
+    BUNDLE_ARTIFACT,
+    ModelRef,
+    existing_registry_client,
+    get_version,
+    is_model_uri,
+    parse_ref,
+    tracking_uri,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+CACHE_FOLDER = "registry"  # under the clip-har cache root
+_MLMODEL = "MLmodel"
+_PYFUNC = "python_function"
+
+
+def resolve_bundle(reference: str | Path, *, cache_dir: Path) -> Path:
+    """The bundle folder ``reference`` names: a path as given, or the verified local copy
+    of the registered version a ``models:/`` reference names (downloaded on first use).
+
+    Raises :class:`ModelRegistryError` for an unknown model, version or alias, an
+    unreachable store, a version that is not a clip-har pyfunc model, or a download whose
+    files fail :func:`~clip_har.models.bundle.verify_bundle` (nothing is cached then)."""
+    if isinstance(reference, Path) or not is_model_uri(reference):
+        return Path(reference)
+    ref = parse_ref(reference)
+    uri = tracking_uri()
+    try:
+        client = existing_registry_client(uri)
+        version = int(get_version(client, ref).version)
+    except ModelRegistryError as exc:  # name the reference: a command may take several
+        raise ModelRegistryError(f"{reference}: {exc}") from None
+    target = cache_path(cache_dir, uri, ref.name, version)
+    if _usable(target):
+        log.info("models:/%s is version %d, cached in %s", ref, version, target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent):  # one download per version at a time; the others reuse it
+        if _usable(target):
+            return target
+        _download(client, uri, ModelRef(ref.name, version), target)
+    return target
+
+
+def cache_path(cache_dir: Path, uri: str, name: str, version: int) -> Path:
+    """Where version ``version`` of ``name`` from the store at ``uri`` is cached."""
+    store = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    return cache_dir / CACHE_FOLDER / store / name / str(version)
+
+
+def _usable(target: Path) -> bool:
+    """Whether the cached copy at ``target`` opens as a bundle. A damaged copy (a file
+    deleted or a manifest broken after it was cached) is not used: it is downloaded again
+    and replaced."""
+    if not target.is_dir():
+        return False
+    try:
+        open_bundle(target)
+    except BundleError as exc:
+        log.warning("the cached copy %s is damaged (%s); downloading it again", target, exc)
+        return False
+    return True
+
+
+def _download(client: MlflowClient, uri: str, ref: ModelRef, target: Path) -> None:
+    """Download the bundle artifact of ``ref`` (a version) beside ``target``, verify every
+    file, and only then publish it at ``target``."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    source = client.get_model_version_download_uri(ref.name, str(ref.version)).rstrip("/")
+    with staging_directory(target) as staging:
+        holder = staging.parent  # unique to this call; deleted with everything in it
+        try:
+            mlmodel = download_artifacts(
+                artifact_uri=f"{source}/{_MLMODEL}", dst_path=str(holder), tracking_uri=uri
+            )
+            relative = _bundle_path(Path(mlmodel), ref)
+            downloaded = Path(
+                download_artifacts(
+                    artifact_uri=f"{source}/{relative}",
+                    dst_path=str(holder / "download"),
+                    tracking_uri=uri,
+                )
+            )
+        except (MlflowException, OSError) as exc:
+            raise ModelRegistryError(
+                f"could not download models:/{ref} from {uri}: {_first_line(exc)}"
+            ) from None
+        _verify(downloaded, ref, uri)
+        replace_directory(downloaded, target)
+    log.info("downloaded models:/%s from %s into %s", ref, uri, target)
+
+
+def _bundle_path(mlmodel: Path, ref: ModelRef) -> str:
+    """The bundle folder's path inside the model, as its ``MLmodel`` file records it."""
+    from mlflow.models import Model
+
+    try:
+        flavors = Model.load(str(mlmodel)).flavors
+        path = flavors[_PYFUNC]["artifacts"][BUNDLE_ARTIFACT]["path"]
+    except Exception as exc:  # a missing key, a wrong type, YAML that does not parse
+        raise ModelRegistryError(
+            f"models:/{ref} is not a clip-har model: its {_MLMODEL} names no "
+            f"'{BUNDLE_ARTIFACT}' artifact of the {_PYFUNC} flavour ({exc!r})"
+        ) from None
+    if (
+        not isinstance(path, str)
+        or not path
+        or Path(path).is_absolute()
+        or ".." in Path(path).parts
+    ):
+        raise ModelRegistryError(
+            f"models:/{ref}: its {_MLMODEL} gives the bundle an unusable path {path!r}"
+        )
+    return path
+
+
+def _verify(folder: Path, ref: ModelRef, uri: str) -> None:
+    """Refuse a downloaded bundle with any unsound file, naming each."""
+    if not folder.is_dir():
+        raise ModelRegistryError(f"models:/{ref} from {uri}: the bundle artifact is not a folder")
+    problems = [f"{v.file}: {v.problem}" for v in verify_bundle(folder) if not v.ok]
+    if problems:
+        raise ModelRegistryError(
+            f"models:/{ref} downloaded from {uri} is damaged, so it was not cached: "
+            + "; ".join(problems)
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
