@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -117,6 +118,19 @@ def run_cli(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """SIGTERM the process group of a server started with ``start_new_session=True``;
+    SIGKILL it if it has not gone within ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, HAR_DATA, free_port, make_photo, run_cli
+from conftest import CLI, HAR_DATA, free_port, make_photo, run_cli, stop_process_group
 
 from clip_har.models.bundle import open_bundle
 
@@ -31,17 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 NAME = "har-servers"
 STARTUP_S = 120  # a loaded CI machine takes tens of seconds to start either server
 CLASSES = ("running", "eating", "texting")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group; SIGKILL it if it has not gone in 20 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
 
 
 def wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -81,7 +70,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         assert f"export MLFLOW_TRACKING_URI={url}" in log.read_text()
         yield url, process
     finally:
-        stop(process)
+        stop_process_group(process)
 
 
 def a_real_photo(tmp_path: Path) -> Path:
@@ -176,7 +165,7 @@ def test_train_register_promote_and_serve_through_real_mlflow_servers(
         with urllib.request.urlopen(request, timeout=120) as answer:
             predictions = json.loads(answer.read())["predictions"]
     finally:
-        stop(model_server)
+        stop_process_group(model_server)
     classes = open_bundle(tmp_path / "bundle").class_names
     assert len(predictions) == 1 and predictions[0]["label"] in classes
     assert predictions[0]["label"] == local[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import free_port
+from conftest import free_port, stop_process_group
 from mlflow import MlflowClient
 
 from clip_har.tracking import FanOutTracker, MLflowTracker, create_tracker, run_tags
@@ -22,18 +20,6 @@ from clip_har.tracking import FanOutTracker, MLflowTracker, create_tracker, run_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 STARTUP_TIMEOUT_S = 60
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group; SIGKILL it if it has not gone in 15 s."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=15)
 
 
 @pytest.fixture
@@ -79,7 +65,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        stop(server)
+        stop_process_group(server)
 
 
 def test_a_run_logged_through_the_tracker_is_searchable_on_the_server(

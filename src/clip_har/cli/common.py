@@ -172,6 +172,17 @@ def choice_metavar(choices: Sequence[str]) -> str:
     return f"[{'|'.join(choices)}]"
 
 
+BUNDLE_HELP = (
+    "Bundle directory, or a registered version: models:/NAME@ALIAS or models:/NAME/VERSION."
+)
+
+
+def bundle_option() -> Any:
+    """``--bundle``/``-b``: a bundle directory or a ``models:/`` reference (resolved by
+    :func:`clip_har.registry.resolve.resolve_bundle`)."""
+    return typer.Option(None, "--bundle", "-b", help=BUNDLE_HELP)
+
+
 def model_format_option() -> Any:
     """``--format``: the model format, ``torch`` or a registered export (checked on parsing)."""
     return typer.Option(

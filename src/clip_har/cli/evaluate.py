@@ -10,6 +10,7 @@ from rich.table import Table
 
 from clip_har.cli.common import (
     ProgressBar,
+    bundle_option,
     console,
     drop_none,
     err_console,
@@ -30,13 +31,7 @@ app = typer.Typer(
 @app.callback()
 def evaluate(
     ctx: typer.Context,
-    bundle: str | None = typer.Option(
-        None,
-        "--bundle",
-        "-b",
-        help="Bundle directory, or a registered version: models:/NAME@ALIAS or "
-        "models:/NAME/VERSION.",
-    ),
+    bundle: str | None = bundle_option(),
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Manifest folder (from data import|validate|split)."
     ),

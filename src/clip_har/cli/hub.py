@@ -54,8 +54,8 @@ def export(
 ) -> None:
     """Write a Hub-ready folder: the bundle (verified first), a model card (README.md) and,
     when the encoder was fine-tuned, transformers weights in transformers/."""
+    from clip_har.evaluation.record import read_evaluation
     from clip_har.registry.hub import export_for_hub
-    from clip_har.registry.hub_card import read_evaluation
 
     settings = settings_from(ctx)
     if not license.strip():

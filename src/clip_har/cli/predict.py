@@ -10,6 +10,7 @@ from rich.markup import escape
 from clip_har.cli.common import (
     EXIT_PARTIAL,
     ProgressBar,
+    bundle_option,
     console,
     drop_none,
     err_console,
@@ -34,13 +35,7 @@ def predict(
     inputs: list[str] = typer.Argument(
         ..., metavar="IMAGES...", help="Image files, folders or glob patterns."
     ),
-    bundle: str | None = typer.Option(
-        None,
-        "--bundle",
-        "-b",
-        help="Bundle directory, or a registered version: models:/NAME@ALIAS or "
-        "models:/NAME/VERSION.",
-    ),
+    bundle: str | None = bundle_option(),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Hub id, local directory or preset (zero-shot, no bundle)."
     ),

@@ -22,14 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clip_har.errors import BundleError, HubError
+from clip_har.evaluation.record import EvaluationRecord
 from clip_har.io import file_sha256, publish_directory, read_text_input, write_json_atomic
 from clip_har.models.bundle import MANIFEST, Bundle, FileVerdict, open_bundle, verify_bundle
-from clip_har.registry.hub_card import (
-    CardInputs,
-    EvaluationRecord,
-    build_model_card,
-    card_warnings,
-)
+from clip_har.registry.hub_card import CardInputs, build_model_card, card_warnings
 from clip_har.version import __version__
 
 log = logging.getLogger(__name__)

@@ -9,16 +9,13 @@ how to cite it. See docs/registry.md#hugging-face-hub.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clip_har.errors import HubError
-from clip_har.evaluation.provenance import EvaluationSource, training_strategy
-from clip_har.evaluation.run import METRICS_FILE
-from clip_har.io import read_text_input
+from clip_har.evaluation.provenance import training_strategy
+from clip_har.evaluation.record import EvaluationRecord
 from clip_har.models.backbone import backbone_label
 from clip_har.models.bundle import Manifest
 from clip_har.version import __version__
@@ -42,43 +39,6 @@ _CARD_METRICS: dict[str, tuple[str, str | None, str]] = {
     "recall_macro": ("recall", "macro", "Recall (macro)"),
     "f1_weighted": ("f1", "weighted", "F1 (weighted)"),
 }
-
-
-@dataclass(frozen=True)
-class EvaluationRecord:
-    """The scalar metrics of one ``clip-har evaluate`` output folder and where they came
-    from (``source`` is None for evaluations made before provenance was recorded)."""
-
-    directory: Path
-    metrics: dict[str, float]
-    source: EvaluationSource | None
-
-    @property
-    def images(self) -> int | None:
-        value = self.metrics.get("n_evaluated")
-        return None if value is None else int(value)
-
-
-def read_evaluation(directory: Path) -> EvaluationRecord:
-    """The evaluation in ``directory`` (its ``metrics.json``); a :class:`HubError` names the
-    file when it is missing or not an evaluation's."""
-    path = directory / METRICS_FILE
-    if not directory.is_dir():
-        raise HubError(f"--evaluation {directory}: not a folder (give a `clip-har evaluate` -o)")
-    if not path.is_file():
-        raise HubError(f"{path}: missing (is {directory} a `clip-har evaluate` output folder?)")
-    try:
-        payload = json.loads(read_text_input(path, "evaluation metrics", HubError))
-    except json.JSONDecodeError as exc:
-        raise HubError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("accuracy"), int | float):
-        raise HubError(f"{path}: no 'accuracy': not the metrics.json of `clip-har evaluate`")
-    metrics = {
-        key: float(value)
-        for key, value in payload.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
-    return EvaluationRecord(directory, metrics, EvaluationSource.from_json(payload.get("source")))
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from clip_har.errors import BundleError, ClipHarError, ImageLoadError
+from clip_har.errors import BundleError, ImageLoadError
+from clip_har.evaluation.record import read_evaluation
+from clip_har.evaluation.run import PREDICTIONS_FILE
 from clip_har.imaging import load_image
 from clip_har.imaging.loading import DEFAULT_MIN_SIDE
-from clip_har.io import read_text_input
 from clip_har.models.bundle import Bundle, Manifest, open_bundle, verify_bundle
 from clip_har.registry.store import (
     BUNDLE_ARTIFACT,
@@ -55,10 +56,6 @@ FORMAT_PREFERENCE = ("onnx-int8", "onnx")
 FALLBACK_FORMAT = "torch"  # the bundle's own classifier: always works
 UNTRACKED = "untracked"  # TAG_TRAINING_RUN of a bundle no tracked run produced
 EXAMPLE_SIDE = 96  # the input example's longest side (px): small, so the model stays small
-
-_METRICS_FILE = "metrics.json"
-_DETAILS_FILE = "metrics_full.json"
-_PREDICTIONS_FILE = "predictions.csv"
 
 
 @dataclass(frozen=True)
@@ -103,41 +100,6 @@ def choose_format(bundle: Bundle) -> str:
             continue
         return name
     return FALLBACK_FORMAT
-
-
-def read_evaluation(folder: Path, class_names: list[str]) -> dict[str, float]:
-    """The flat numeric metrics of an ``evaluate`` output folder, after checking it holds
-    what ``compare`` needs and that it evaluated a model with these classes."""
-    if not folder.is_dir():
-        raise ClipHarError(f"--evaluation {folder}: not a folder (give an `evaluate` output)")
-    missing = [
-        n for n in (_METRICS_FILE, _DETAILS_FILE, _PREDICTIONS_FILE) if not (folder / n).is_file()
-    ]
-    if missing:
-        raise ClipHarError(
-            f"--evaluation {folder}: not a `clip-har evaluate` output "
-            f"(missing {', '.join(missing)})"
-        )
-    values = {}
-    for name in (_METRICS_FILE, _DETAILS_FILE):
-        path = folder / name
-        try:
-            values[name] = json.loads(read_text_input(path, "evaluation metrics", ClipHarError))
-        except json.JSONDecodeError as exc:
-            raise ClipHarError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(values[name], dict):
-            raise ClipHarError(f"{path}: must hold a JSON object")
-    evaluated = values[_DETAILS_FILE].get("class_names")
-    if evaluated is not None and evaluated != class_names:
-        raise ClipHarError(
-            f"--evaluation {folder}: evaluated a model with other classes than this bundle's "
-            "(give the evaluation of this bundle)"
-        )
-    return {
-        key: float(value)
-        for key, value in values[_METRICS_FILE].items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
 
 
 def version_tags(
@@ -199,7 +161,7 @@ def _example_image(evaluation: Path | None) -> Image.Image:
 
     if evaluation is not None:
         try:
-            paths = pd.read_csv(evaluation / _PREDICTIONS_FILE, usecols=["path"])["path"]
+            paths = pd.read_csv(evaluation / PREDICTIONS_FILE, usecols=["path"])["path"]
         except (ValueError, OSError):
             paths = pd.Series(dtype=str)
         for path in paths.dropna().head(20):
@@ -286,7 +248,7 @@ def register_bundle(
     bundle = check_bundle(Path(bundle_dir))
     manifest = bundle.manifest
     evaluation_metrics = (
-        read_evaluation(evaluation, manifest.class_names) if evaluation is not None else {}
+        read_evaluation(evaluation, manifest.class_names).metrics if evaluation is not None else {}
     )
     model_format = choose_format(bundle)
     if model_format == FALLBACK_FORMAT and not manifest.backbone.embedded:
