@@ -132,7 +132,7 @@ def test_project_init_repro_registers_with_dvc_data_version_then_noop_and_experi
     registered = client.get_model_version(NAME, "1")
     manifest = project / "data" / "split" / "manifest.parquet"
     assert registered.tags[TAG_DATA_VERSION] == version(manifest) == file_digest(manifest, "md5")
-    assert client.get_model_version_by_alias(NAME, "production").version == "1"
+    assert str(client.get_model_version_by_alias(NAME, "production").version) == "1"
 
     summary = run_cli("project", "summary", str(project), cwd=tmp_path, env=env)
     assert summary.returncode == 0, summary.stderr
