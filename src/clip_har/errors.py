@@ -151,7 +151,7 @@ class ModelRegistryError(ClipHarError):
     an unreachable store, or a registered version that is not a clip-har bundle."""
 
 
-class PromotionRefused(ModelRegistryError):
+class PromotionRefusedError(ModelRegistryError):
     """The promotion gate refused a candidate (its decision is in the promotion history)."""
 
 

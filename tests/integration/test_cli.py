@@ -133,6 +133,8 @@ def test_predict_exits_1_when_no_input_gives_a_prediction_and_still_writes_every
 def test_real_photos_through_make_demo(har_sample_dir: Path, tmp_path: Path) -> None:
     images = har_sample_dir / "images"
     out = tmp_path / "demo"
+    tracked = ["git", "status", "--porcelain", "--untracked-files=no"]
+    before = subprocess.run(tracked, cwd=REPO, capture_output=True, text=True, check=False)
     result = subprocess.run(
         ["make", "demo", "MODEL=tiny", f"DATA={har_sample_dir}", f"OUT={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
@@ -140,6 +142,12 @@ def test_real_photos_through_make_demo(har_sample_dir: Path, tmp_path: Path) -> 
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == len(list(images.glob("*.jpg")))
-    assert "zero-shot val accuracy" in result.stdout and "trained val accuracy" in result.stdout
-    assert (out / "trained" / "manifest.json").is_file() and (out / "mlruns.db").is_file()
+    project = out / "project"
+    assert "validation accuracy: zero-shot" in result.stdout
+    registered = json.loads((project / "models" / "registered.json").read_text())
+    assert registered["registered"] and f"version {registered['version']}" in result.stdout
+    assert (project / "models" / "exported" / "manifest.json").is_file()
+    assert (project / "mlruns.db").is_file() and (project / "reports" / "eval").is_dir()
+    after = subprocess.run(tracked, cwd=REPO, capture_output=True, text=True, check=False)
+    assert after.stdout == before.stdout, "make demo changed tracked files of the repository"
     assert all(row["label"] and not row["error"] for row in rows)

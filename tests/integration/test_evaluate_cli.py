@@ -115,8 +115,16 @@ def test_unavailable_sources_and_formats_are_clear_errors(
 ) -> None:
     root = sample_split
     base = ("evaluate", "-d", "split", "-o", "x", "--tracking", "none")
-    registry = cli(root, clip_har_cache, *base, "-b", "models:/har@prod")
-    assert registry.returncode == 1 and "model registry" in registry.stderr
+    nowhere = f"sqlite:///{root / 'no-such-store.db'}"  # a store nobody made: not created
+    registry = run_cli(
+        *base,
+        "-b",
+        "models:/har@prod",
+        cwd=root,
+        env={"CLIP_HAR_CACHE": str(clip_har_cache), "MLFLOW_TRACKING_URI": nowhere},
+    )
+    assert registry.returncode == 1 and "no model registry" in registry.stderr
+    assert not (root / "no-such-store.db").exists()
     onnx = cli(root, clip_har_cache, *base, "-b", "zs-actions", "--format", "onnx")
     assert onnx.returncode == 1 and "no 'onnx' export" in onnx.stderr
     split = cli(root, clip_har_cache, *base, "-b", "zs-actions", "--split", "holdout")

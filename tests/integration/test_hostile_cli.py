@@ -720,7 +720,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             "--evaluation is not an evaluation",
             lambda w: [w.bundle, _out(w, "hub2"), "--evaluation", w.folder],
-            lambda w: [w.folder / "metrics.json", "missing"],
+            lambda w: [w.folder, "not a `clip-har evaluate` output", "missing metrics.json"],
         ),
         Case(
             "OUT inside the bundle",

@@ -212,6 +212,10 @@ def test_push_then_pull_round_trips_the_bundle(
 
     again = invoke("hub", "pull", "team/tiny-har")
     assert again.exit_code == EXIT_FAILURE and "--force" in again.stderr
+    (tmp_path / "tiny-har" / "stale.txt").write_text("from an earlier pull\n")
+    replaced = invoke("hub", "pull", "team/tiny-har", "--force")
+    assert replaced.exit_code == 0, replaced.output
+    assert files_of(tmp_path / "tiny-har") == files_of(world.export)  # nothing old kept
     branch = invoke("hub", "push", world.export, "--repo-id", "team/tiny-har", "--revision", "dev")
     assert branch.exit_code == 0, branch.output
     on_branch = invoke("hub", "pull", "team/tiny-har", "--revision", "dev", "-o", "dev")

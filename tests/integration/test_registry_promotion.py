@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 from clip_har.cli.common import EXIT_FAILURE, EXIT_USAGE
 from clip_har.cli.main import app
 from clip_har.config import RegistrySettings
-from clip_har.errors import ModelRegistryError, PromotionRefused, UsageError
+from clip_har.errors import ModelRegistryError, PromotionRefusedError, UsageError
 from clip_har.registry.history import (
     HISTORY_TAG_PREFIX,
     MAX_EVENT_CHARS,
@@ -148,7 +148,7 @@ def test_the_first_promotion_passes_and_a_repeat_changes_nothing(store: Store) -
 
 def test_a_candidate_without_the_metric_is_refused_when_the_holder_has_it(store: Store) -> None:
     promote(store, 1)
-    with pytest.raises(PromotionRefused, match="has no accuracy"):
+    with pytest.raises(PromotionRefusedError, match="has no accuracy"):
         promote(store, 6)
     assert holder(store) == 1
 
@@ -174,7 +174,7 @@ def test_a_forced_promotion_needs_a_reason_and_is_recorded(store: Store) -> None
 
 def test_the_tolerance_comes_from_params(store: Store) -> None:
     promote(store, 1)
-    with pytest.raises(PromotionRefused):  # 0.76 < 0.80 - 0.01
+    with pytest.raises(PromotionRefusedError):  # 0.76 < 0.80 - 0.01
         promote(store, 5)
     params = store.folder / "params.yaml"
     params.write_text("registry:\n  tolerance: 0.05\n")
@@ -238,7 +238,7 @@ def _garble(store: Store) -> None:
 
 def test_history_shows_each_decision(store: Store) -> None:
     promote(store, 1, user="alice")
-    with pytest.raises(PromotionRefused):
+    with pytest.raises(PromotionRefusedError):
         promote(store, 2, user="alice")
     promote(store, 2, force=True, reason="demo day", user="alice")
     rollback(store.client(), NAME, ALIAS, reason="undo", user="alice")

@@ -125,7 +125,7 @@ def _promote(
     client: MlflowClient, registered: Any, alias: str, ctx: typer.Context
 ) -> dict[str, Any]:
     """Promote the new version through the gate; a refusal is recorded, not raised."""
-    from clip_har.errors import PromotionRefused
+    from clip_har.errors import PromotionRefusedError
     from clip_har.registry.promotion import promote_version
 
     settings = settings_from(ctx)
@@ -133,7 +133,7 @@ def _promote(
         decision = promote_version(
             client, registered.name, registered.version, alias, settings=settings.registry
         )
-    except PromotionRefused as exc:
+    except PromotionRefusedError as exc:
         err_console.print(f"[yellow]warning:[/yellow] not promoted to @{alias}: {escape(str(exc))}")
         return {"alias": alias, "promoted": False, "message": str(exc)}
     if decision.promoted:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from clip_har.errors import ModelRegistryError, PromotionRefused, UsageError
+from clip_har.errors import ModelRegistryError, PromotionRefusedError, UsageError
 from clip_har.registry.history import Event, history, new_event, record
 from clip_har.registry.store import (
     TAG_METRIC,
@@ -182,7 +182,7 @@ def promote_version(
 ) -> Decision:
     """Point ``alias`` of ``name`` at ``version`` if it passes the gate (or ``force``).
 
-    A refusal is recorded, then raised as :class:`PromotionRefused`. ``force`` needs a
+    A refusal is recorded, then raised as :class:`PromotionRefusedError`. ``force`` needs a
     ``reason`` (:class:`UsageError` otherwise) and is recorded as "force" when the gate
     would have refused. Promoting the version that already holds the alias changes and
     records nothing ("unchanged").
@@ -226,7 +226,7 @@ def promote_version(
 
     if refusal is not None and not force:
         event("refuse")
-        raise PromotionRefused(
+        raise PromotionRefusedError(
             f"promotion refused: {refusal}. To promote it anyway: clip-har registry promote "
             f"{name} {number} --alias {alias} --force --reason TEXT"
         )
