@@ -20,14 +20,15 @@ app = typer.Typer(
 _REPO_ID_HELP = "Model repository: NAMESPACE/NAME (or NAME, in your own namespace)."
 
 
-def _check_repo_id(repo_id: str) -> str:
-    """``repo_id`` when it can name a Hub model repository, else a UsageError."""
+def _check_repo_id(repo_id: str, option: str = "--repo-id") -> str:
+    """``repo_id`` when it can name a Hub model repository, else a UsageError naming the
+    ``option`` (or argument) that gave it."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise UsageError(f"--repo-id {repo_id!r}: {exc}") from None
+        raise UsageError(f"{option} {repo_id!r}: {exc}") from None
     return repo_id
 
 
@@ -126,7 +127,7 @@ def pull(
     published)."""
     from clip_har.registry.hub import default_pull_folder, pull_from_hub
 
-    _check_repo_id(repo_id)
+    _check_repo_id(repo_id, "ID")
     target = output if output is not None else default_pull_folder(repo_id)
     prepare_output(target, kind="dir", force=force)
     with err_console.status(f"pulling {repo_id}…"):

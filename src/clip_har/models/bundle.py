@@ -505,6 +505,20 @@ def verify_bundle(directory: str | Path) -> list[FileVerdict]:
     return verdicts
 
 
+def open_verified_bundle(directory: str | Path, refusal: str) -> Bundle:
+    """:func:`open_bundle` after :func:`verify_bundle` finds every file sound; otherwise a
+    :class:`BundleError` naming each damaged file, then ``refusal`` (what is not done:
+    "refusing to register it")."""
+    directory = Path(directory)
+    failed = [f"{directory / v.file}: {v.problem}" for v in verify_bundle(directory) if not v.ok]
+    if failed:
+        raise BundleError(
+            "; ".join(failed) + f"; {refusal} (`clip-har bundle verify {directory}` lists "
+            "every file)"
+        )
+    return open_bundle(directory)
+
+
 def _reason(exc: BundleError, path: Path) -> str:
     """``exc``'s message without the leading ``path:`` (the table names the file)."""
     return str(exc).removeprefix(f"{path}: ")

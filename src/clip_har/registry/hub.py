@@ -24,7 +24,7 @@ from pathlib import Path
 from clip_har.errors import BundleError, HubError
 from clip_har.evaluation.record import EvaluationRecord
 from clip_har.io import file_sha256, publish_directory, read_text_input, write_json_atomic
-from clip_har.models.bundle import MANIFEST, Bundle, FileVerdict, open_bundle, verify_bundle
+from clip_har.models.bundle import MANIFEST, Bundle, open_bundle, open_verified_bundle
 from clip_har.registry.hub_card import CardInputs, build_model_card, card_warnings
 from clip_har.version import __version__
 
@@ -72,7 +72,7 @@ def export_for_hub(
     """Write the Hub-ready folder of the bundle at ``bundle_dir`` to ``output`` (replaced
     whole, atomically). The bundle is verified first; a damaged one is refused, naming
     the file."""
-    bundle = _verified_bundle(bundle_dir, "refusing to export it")
+    bundle = open_verified_bundle(bundle_dir, "refusing to export it")
 
     with publish_directory(output) as staging:
         root = bundle.directory.resolve()
@@ -110,7 +110,9 @@ def export_for_hub(
             "files": added,
         }
         write_json_atomic(staging / EXPORT_RECORD, record, sort_keys=True)
-        _check_folder(staging, "the export")  # the copy is the bundle, byte for byte
+        _check_folder(
+            staging, "refusing to publish the export"
+        )  # the copy is the bundle, byte for byte
         files = sum(1 for path in staging.rglob("*") if path.is_file())
     log.info("wrote Hub export %s (%d files)", output, files)
     return HubExport(output, files, bool(added), card_warnings(bundle.manifest, inputs))
@@ -143,23 +145,10 @@ def save_transformers(bundle: Bundle, target: Path, cache_dir: Path | None) -> d
     }
 
 
-def _verified_bundle(directory: Path, action: str) -> Bundle:
-    """The bundle at ``directory`` once every file of it verifies; else a BundleError
-    naming the damaged files."""
-    verdicts = verify_bundle(directory)
-    _raise_on_damage(directory, verdicts, action)
-    return open_bundle(directory)
-
-
-def _raise_on_damage(directory: Path, verdicts: list[FileVerdict], action: str) -> None:
-    failed = [f"{directory / v.file}: {v.problem}" for v in verdicts if not v.ok]
-    if failed:
-        raise BundleError(f"{directory} is damaged, {action}: " + "; ".join(failed))
-
-
-def _check_folder(folder: Path, what: str) -> None:
-    """``folder`` must be a sound bundle and its export record's files unchanged."""
-    _raise_on_damage(folder, verify_bundle(folder), f"{what} is not a sound bundle")
+def _check_folder(folder: Path, refusal: str) -> None:
+    """``folder`` must be a sound bundle and its export record's files unchanged; else an
+    error naming the damage, then ``refusal``."""
+    open_verified_bundle(folder, refusal)
     record_path = folder / EXPORT_RECORD
     if not record_path.is_file():
         return
@@ -339,7 +328,7 @@ def pull_from_hub(repo_id: str, output: Path, *, revision: str | None = None) ->
                 "root); `hub pull` takes repos pushed with `clip-har hub push`"
             )
         try:
-            _check_folder(staging, f"the download of {repo_id}")
+            _check_folder(staging, f"refusing the download of {repo_id}")
         except BundleError as exc:
             raise HubError(str(exc).replace(str(staging), repo_id)) from None
     return open_bundle(output)
