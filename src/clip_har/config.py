@@ -232,6 +232,10 @@ class RegistrySettings(_Section):
     primary_metric: str = Field(
         "accuracy", min_length=1, description="The metric the promotion gate compares."
     )
+    greater_is_better: bool = Field(
+        True,
+        description="The primary metric's direction: false for a loss or ece (lower is better).",
+    )
     tolerance: float = Field(
         0.01,
         ge=0,

@@ -108,6 +108,8 @@ def test_project_init_repro_registers_with_dvc_data_version_then_noop_and_experi
         "--register", NAME, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
+    said = " ".join(made.stderr.split())
+    assert "dvc repro && git add -A && git commit" in said  # commit before `dvc exp run`
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["data"]["source"] == str(photos.resolve())
     assert params["model"]["spec"] == "tiny"
@@ -144,9 +146,38 @@ def test_project_init_repro_registers_with_dvc_data_version_then_noop_and_experi
     assert report["registry"]["version"] == 1 and report["not_run"] == []
     assert [row["format"] for row in report["exports"]] == ["onnx"]
     assert report["exports"][0]["passed"] is True
+    commands = [step["command"] for step in report["next"]]
+    commit = next(i for i, c in enumerate(commands) if "git add -A && git commit" in c)
+    assert commit < min(i for i, c in enumerate(commands) if "dvc exp run" in c)
+
+    # `models:/` runs the format the version serves (as `mlflow models serve` does)
+    ref = f"models:/{NAME}@production"
+    image = str(photos / CLASSES[0] / "0.png")
+    served = run_cli("predict", image, "--bundle", ref, "--print", "json", cwd=project, env=env)
+    assert served.returncode == 0, served.stderr
+    assert "format onnx, the one this registered version serves" in " ".join(served.stderr.split())
+    asked = ("predict", image, "--bundle", ref, "--format", "torch", "--print", "json")
+    torch_run = run_cli(*asked, cwd=project, env=env)
+    assert torch_run.returncode == 0, torch_run.stderr
+    assert "format torch (--format); this registered version serves onnx" in " ".join(
+        torch_run.stderr.split()
+    )
+    evaluated = run_cli(
+        "evaluate", "--bundle", ref, "--data", "data/split", "--output", str(tmp_path / "eval"),
+        "--bootstrap", "0", "--tracking", "none", cwd=project, env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "format onnx, the one this registered version serves" in " ".join(
+        evaluated.stderr.split()
+    )
 
     again = dvc("repro", cwd=project, env=env)
     assert ran_stages(again) == set() and "up to date" in again
+    # the promotion gate's settings do not decide what is registered: no new version
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["registry"]["tolerance"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "up to date" in dvc("status", cwd=project, env=env)
 
     sh("git", "add", "-A", cwd=project, env=env)
     sh("git", "commit", "--quiet", "-m", "baseline", cwd=project, env=env)

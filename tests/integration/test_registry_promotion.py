@@ -81,13 +81,13 @@ class Store:
 
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """The installed ``clip-har``, in a subprocess, on this store."""
-        return run_cli(*args, env=self.env, cwd=self.folder, timeout=120)
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The installed ``clip-har``, in a subprocess, on this store (``env`` added)."""
+        return run_cli(*args, env=self.env | env, cwd=self.folder, timeout=120)
 
-    def invoke(self, *args: str) -> Result:
+    def invoke(self, *args: str, **env: str) -> Result:
         """The same command in-process (seconds cheaper: MLflow is imported already)."""
-        return CliRunner(env=self.env).invoke(app, list(args))
+        return CliRunner(env=self.env | env).invoke(app, list(args))
 
 
 @pytest.fixture
@@ -151,6 +151,74 @@ def test_a_candidate_without_the_metric_is_refused_when_the_holder_has_it(store:
     with pytest.raises(PromotionRefusedError, match="has no accuracy"):
         promote(store, 6)
     assert holder(store) == 1
+
+
+def test_a_misspelled_primary_metric_refuses_instead_of_turning_the_gate_off(
+    store: Store,
+) -> None:
+    promote(store, 1)
+    refused = store.cli(
+        *("registry", "promote", NAME, "2", "--alias", ALIAS),
+        CLIP_HAR_REGISTRY__PRIMARY_METRIC="acuracy",
+    )
+    assert refused.returncode == EXIT_FAILURE, refused.stdout + refused.stderr
+    message = " ".join(refused.stderr.split())
+    for shown in ("refused", "no acuracy", "neither has version 1", "it has accuracy"):
+        assert shown in message, message
+    assert "registry.primary_metric" in message and "Traceback" not in refused.stderr
+    assert holder(store) == 1
+    last = history(store.client(), NAME, ALIAS)[-1]
+    assert (last.action, last.metric, last.to_version) == ("refuse", "acuracy", 2)
+
+
+def test_a_first_promotion_needs_the_metric_unless_forced(store: Store) -> None:
+    misspelled = RegistrySettings(primary_metric="acuracy")
+    with pytest.raises(PromotionRefusedError, match=r"no holder yet.*it has accuracy"):
+        promote_version(store.client(), NAME, 1, ALIAS, settings=misspelled)
+    with pytest.raises(PromotionRefusedError, match="no metric tags at all"):
+        promote(store, 6)
+    assert holder(store) is None
+    promote(store, 6, force=True, reason="a baseline without an evaluation")
+    assert holder(store) == 6
+    assert [e.action for e in history(store.client(), NAME, ALIAS)] == [
+        "refuse",
+        "refuse",
+        "force",
+    ]
+
+
+def test_lower_is_better_when_greater_is_better_is_false(store: Store) -> None:
+    lower = RegistrySettings(greater_is_better=False)  # as for a loss or ece
+    promote_version(store.client(), NAME, 1, ALIAS, settings=lower)  # 0.80
+    refused = store.invoke(
+        *("registry", "promote", NAME, "4", "--alias", ALIAS),  # 0.90 > 0.80 + 0.01
+        CLIP_HAR_REGISTRY__GREATER_IS_BETTER="false",
+    )
+    assert refused.exit_code == EXIT_FAILURE, refused.output
+    message = " ".join(refused.stderr.split())
+    for shown in ("0.9000, above version 1", "plus the tolerance 0.01", "lower is better"):
+        assert shown in message, message
+    assert "at most 0.8100" in message and holder(store) == 1
+    passed = promote_version(store.client(), NAME, 5, ALIAS, settings=lower)  # 0.76
+    assert passed.action == "promote" and "lower is better" in passed.message
+    assert holder(store) == 5
+    with pytest.raises(PromotionRefusedError, match="below version 5"):
+        promote(store, 2)  # the default direction again: 0.70 < 0.76 - 0.01
+    events = history(store.client(), NAME, ALIAS)
+    assert [e.greater_is_better for e in events] == [False, False, False, True]
+    shown = store.invoke("registry", "history", NAME)
+    assert shown.exit_code == 0 and "lower is better" in shown.stdout, shown.output
+
+
+def test_the_promote_message_is_one_line_on_a_narrow_terminal(store: Store) -> None:
+    promoted = store.cli("registry", "promote", NAME, "1", "--alias", ALIAS, COLUMNS="40")
+    assert promoted.returncode == 0, promoted.stderr
+    line = promoted.stdout.strip()
+    assert "\n" not in line and len(line) > 40, promoted.stdout
+    assert line.endswith("the first holder, accuracy 0.8000"), line
+    refused = store.cli("registry", "promote", NAME, "2", "--alias", ALIAS, COLUMNS="40")
+    assert refused.returncode == EXIT_FAILURE
+    assert refused.stderr.strip().count("\n") == 0, refused.stderr
 
 
 def test_a_forced_promotion_needs_a_reason_and_is_recorded(store: Store) -> None:

@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 
 from clip_har.errors import ModelRegistryError, UsageError
 from clip_har.models.bundle import open_bundle, verify_bundle
-from clip_har.registry.resolve import cache_path, resolve_bundle
-from clip_har.registry.store import BUNDLE_ARTIFACT
+from clip_har.registry.resolve import cache_path, resolve_bundle, resolve_registered
+from clip_har.registry.store import BUNDLE_ARTIFACT, TAG_FORMAT
 
 NAME = "har"
 
@@ -48,8 +48,9 @@ def _register(uri: str, experiment: str, name: str, artifacts: dict[str, str]) -
 
 @pytest.fixture(scope="module")
 def store(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Store:
-    """A SQLite registry: NAME versions 1 and 2 (sound, @production on 1) and 3 (a head
-    whose bytes no longer match the manifest's sha256), and a model without a bundle."""
+    """A SQLite registry: NAME versions 1 and 2 (sound, @production on 1, 2 tagged as
+    serving onnx) and 3 (a head whose bytes no longer match the manifest's sha256), and a
+    model without a bundle."""
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlruns.db'}"
     damaged = Path(shutil.copytree(tiny_bundle, root / "damaged"))
@@ -63,6 +64,7 @@ def store(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Store:
             _register(uri, experiment, NAME, {BUNDLE_ARTIFACT: str(bundle)})
         _register(uri, experiment, "not-clip-har", {"weights": str(tiny_bundle)})
         client.set_registered_model_alias(NAME, "production", "1")
+        client.set_model_version_tag(NAME, "2", TAG_FORMAT, "onnx")
     finally:
         mlflow.set_tracking_uri(previous)
     return Store(uri, tiny_bundle)
@@ -123,6 +125,38 @@ def test_a_damaged_cached_copy_is_replaced_by_a_fresh_download(
     again = resolve_bundle("models:/har/1", cache_dir=tmp_path)
     assert again == cached and again.stat().st_ino != inode and head.is_file()
     assert all(verdict.ok for verdict in verify_bundle(again))
+
+
+def test_a_cached_copy_changed_in_place_is_replaced_by_a_fresh_download(
+    registry: Store, tmp_path: Path
+) -> None:
+    """One byte flipped, same size: it still opens, but its sha256 no longer matches."""
+    cached = resolve_bundle("models:/har/1", cache_dir=tmp_path)
+    head = cached / open_bundle(cached).manifest.head.file
+    data = bytearray(head.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    head.write_bytes(bytes(data))
+    assert not all(verdict.ok for verdict in verify_bundle(cached))
+    again = resolve_bundle("models:/har/1", cache_dir=tmp_path)
+    assert again == cached
+    assert all(verdict.ok for verdict in verify_bundle(again))
+    assert head.read_bytes() != bytes(data)
+
+
+def test_a_version_runs_the_format_it_serves_unless_one_is_asked_for(
+    registry: Store, tmp_path: Path
+) -> None:
+    served = resolve_registered("models:/har/2", cache_dir=tmp_path)
+    assert served.path == cache_path(tmp_path, registry.uri, NAME, 2)
+    assert served.served_format == "onnx"
+    assert served.format_for(None) == "onnx"  # what `mlflow models serve` runs
+    assert served.format_for("torch") == "torch"  # an explicit --format wins
+    assert "serves onnx" in (served.format_note("torch") or "")
+    untagged = resolve_registered("models:/har@production", cache_dir=tmp_path)
+    assert untagged.served_format is None and untagged.format_for(None) == "torch"
+    plain = resolve_registered("some/bundle", cache_dir=tmp_path)
+    assert plain.path == Path("some/bundle") and plain.format_for(None) == "torch"
+    assert plain.format_note("torch") is None
 
 
 def test_unknown_references_are_clear_errors(registry: Store, tmp_path: Path) -> None:

@@ -71,11 +71,17 @@ def evaluate(
         raise UsageError("clip-har evaluate needs --bundle, --data and --output")
     from clip_har.evaluation.run import evaluate as run_evaluation
     from clip_har.inference.predictor import PredictOptions
-    from clip_har.registry.resolve import resolve_bundle
+    from clip_har.registry.resolve import resolve_registered
     from clip_har.tracking import create_tracker
 
     settings = settings_from(ctx, {"train": drop_none({"tracking": tracking})})
-    folder = resolve_bundle(bundle, cache_dir=settings.cache_dir)
+    resolved = resolve_registered(bundle, cache_dir=settings.cache_dir)
+    folder = resolved.path  # a models:/ version runs the format it serves unless --format says
+    # typer vendors its own click: compare the ParameterSource by its name
+    explicit = getattr(ctx.get_parameter_source("format"), "name", None) == "COMMANDLINE"
+    format = resolved.format_for(format if explicit else None)
+    if note := resolved.format_note(format):
+        err_console.print(escape(f"{bundle}: {note}"), soft_wrap=True)
     prepare_output(output, kind="dir", inputs=[folder, *manifest_inputs(data)], force=force)
     tracker = create_tracker(
         settings.train.tracking,

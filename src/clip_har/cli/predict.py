@@ -27,7 +27,7 @@ from clip_har.inference.inputs import CollectedInputs, collect_inputs
 from clip_har.inference.predictor import FileResult, PredictOptions, Predictor
 from clip_har.io import plural
 from clip_har.models.prompts import load_prompt_set, parse_class_names, resolve_class_names
-from clip_har.registry.resolve import resolve_bundle
+from clip_har.registry.resolve import resolve_registered
 
 
 def predict(
@@ -69,7 +69,15 @@ def predict(
         ctx, {"predict": drop_none({"top_k": top_k, "batch_size": batch_size})}
     )
     collected = collect_inputs(inputs)
-    folder = None if bundle is None else resolve_bundle(bundle, cache_dir=settings.cache_dir)
+    folder = None
+    if bundle is not None:  # a models:/ version runs the format it serves unless --format says
+        resolved = resolve_registered(bundle, cache_dir=settings.cache_dir)
+        folder = resolved.path
+        # typer vendors its own click: compare the ParameterSource by its name
+        explicit = getattr(ctx.get_parameter_source("model_format"), "name", None) == "COMMANDLINE"
+        model_format = resolved.format_for(model_format if explicit else None)
+        if note := resolved.format_note(model_format):
+            err_console.print(escape(f"{bundle}: {note}"), soft_wrap=True)
     read = [*inputs, *collected.paths, folder, model, prompts]
     prepare_output(output, suffixes=tuple(RENDERERS), inputs=read, force=force)
 

@@ -50,6 +50,10 @@ dvc_plots/
 # a commit needs an identity; used only for what git has not configured
 FALLBACK_IDENTITY = {"user.name": "clip-har", "user.email": "clip-har@localhost"}
 
+# the results of `dvc repro` (dvc.lock, the metrics) into git: the baseline `dvc exp run`
+# and `dvc exp show` compare against is the last commit, so commit them before
+COMMIT_RESULTS = "git add -A && git commit -m 'pipeline results'"
+
 # what each pipeline output is, which stage writes it
 TRAIN_METRICS = "models/metrics.json"
 EVAL_METRICS = "reports/eval/metrics.json"
@@ -141,9 +145,11 @@ def init(
         f"registry {escape(registry)}",
         soft_wrap=True,
     )
-    err_console.print(
-        f"next: cd {escape(shlex.quote(str(directory)))} && dvc repro   "
-        "(then `clip-har project summary .`)"
+    err_console.print(  # `dvc exp show` compares experiments against the last commit
+        f"next: cd {escape(shlex.quote(str(directory)))} && dvc repro && {COMMIT_RESULTS}   "
+        "(then `clip-har project summary .`; commit before each `dvc exp run`, or the "
+        "baseline shows no metrics)",
+        soft_wrap=True,
     )
 
 
@@ -364,7 +370,15 @@ def _next_commands(root: Path, registry: dict[str, Any] | None) -> list[dict[str
                 "command": f"cd {here} && clip-har mlflow serve",
             },
         ]
-    elif registry is not None:
+    if (git_output("status", "--porcelain", cwd=root) or "?").strip():
+        steps.append(  # uncommitted results (or no git): the baseline would show no metrics
+            {
+                "what": "commit the results before `dvc exp run` (experiments are "
+                "compared with the last commit: uncommitted, the baseline shows no metrics)",
+                "command": f"cd {here} && {COMMIT_RESULTS}",
+            }
+        )
+    if registry is not None and not registry["registered"]:
         steps.append(
             {
                 "what": "register it (the register stage is off)",

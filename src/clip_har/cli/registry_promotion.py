@@ -37,7 +37,7 @@ def _report(decision: Decision, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(decision.to_json(), indent=2))
     else:
-        console.print(escape(decision.message))
+        console.print(escape(decision.message), soft_wrap=True)  # one line, never re-wrapped
 
 
 def promote(
@@ -56,9 +56,10 @@ def promote(
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
     """Point --alias of NAME at VERSION through the promotion gate: it refuses a version
-    whose primary metric (params registry.primary_metric) is below the current holder's
-    minus params registry.tolerance, or that lacks the metric the holder has. A refusal
-    exits 1 and is recorded like every decision (`clip-har registry history`)."""
+    whose primary metric (params registry.primary_metric) is worse than the current
+    holder's by more than params registry.tolerance (lower is worse; higher when params
+    registry.greater_is_better is false), or that lacks the metric. A refusal exits 1 and
+    is recorded like every decision (`clip-har registry history`)."""
     from clip_har.registry.promotion import check_force, promote_version
 
     settings = settings_from(ctx).registry
@@ -104,6 +105,8 @@ def _metric(event: Event) -> str:
     lines = [event.metric, f"{_score(event.candidate)} vs {_score(event.holder)}"]
     if event.tolerance is not None:
         lines.append(f"tolerance {event.tolerance:g}")
+    if event.greater_is_better is False:
+        lines.append("lower is better")
     return "\n".join(lines)
 
 

@@ -3,8 +3,8 @@
 Each promote, refusal, forced promote and rollback is a tag
 ``clip_har.history.<UTC epoch ms, zero-padded>-<4 hex>`` on the registered model, holding
 compact JSON (time, user, action, alias, from, to, metric, candidate, holder, tolerance,
-reason, host). Tags live in the registry itself, so the record travels with the store: a
-local SQLite file and an ``mlflow server`` alike.
+greater_is_better, reason, host). Tags live in the registry itself, so the record travels
+with the store: a local SQLite file and an ``mlflow server`` alike.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class Event:
     tolerance: float | None  # None for a rollback: it does not pass through the gate
     reason: str | None
     host: str
+    greater_is_better: bool | None = None  # the gate's direction; None for a rollback
     tag: str = ""  # the registered-model tag holding it (empty until recorded)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class Event:
             tolerance=_number(record.get("tolerance")),
             reason=None if record.get("reason") is None else str(record["reason"]),
             host=str(record.get("host") or ""),
+            greater_is_better=_flag(record.get("greater_is_better")),
             tag=tag,
         )
 
@@ -128,6 +130,12 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{value!r} is not a number")
     return float(value)
+
+
+def _flag(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError(f"{value!r} is not true or false")
 
 
 def current_user(user: str | None = None) -> str:
@@ -166,6 +174,7 @@ def new_event(
     tolerance: float | None,
     reason: str | None,
     user: str | None,
+    greater_is_better: bool | None = None,
 ) -> Event:
     """An event not yet recorded (its time is set when it is: :func:`record`)."""
     return Event(
@@ -181,6 +190,7 @@ def new_event(
         tolerance=tolerance,
         reason=cut_reason(reason),
         host=socket.gethostname(),
+        greater_is_better=greater_is_better,
     )
 
 

@@ -1,10 +1,12 @@
 """The promotion gate and rollback: the only ways an alias (``@production``) moves.
 
 A candidate passes the gate unless its primary metric (params ``registry.primary_metric``,
-the model-version tag ``clip_har.metric.<name>``) is below the current holder's minus
-``registry.tolerance``, or it lacks the metric while the holder has it. A forced promotion
-overrides the gate and needs a reason. Every decision but "unchanged" is recorded in the
-promotion history (:mod:`clip_har.registry.history`), which rollback replays.
+the model-version tag ``clip_har.metric.<name>``) is worse than the current holder's by
+more than ``registry.tolerance`` (lower is worse, or higher when
+``registry.greater_is_better`` is false), or the candidate lacks the metric: the gate never
+passes on a metric it cannot read. A forced promotion overrides the gate and needs a
+reason. Every decision but "unchanged" is recorded in the promotion history
+(:mod:`clip_har.registry.history`), which rollback replays.
 """
 
 from __future__ import annotations
@@ -140,31 +142,76 @@ def _score(value: float | None) -> str:
     return "none" if value is None else f"{value:.4f}"
 
 
+def available_metrics(version: ModelVersion) -> list[str]:
+    """The metric names ``version`` is tagged with (``clip_har.metric.<name>``), sorted."""
+    tags = version.tags or {}
+    return sorted(k.removeprefix(TAG_METRIC) for k in tags if k.startswith(TAG_METRIC))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The gate's settings: the metric, its direction and the tolerance."""
+
+    metric: str
+    greater_is_better: bool
+    tolerance: float
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.greater_is_better else "lower is better"
+
+    def worse(self, candidate: float, holder: float) -> bool:
+        """Whether ``candidate`` is worse than ``holder`` by more than the tolerance."""
+        if self.greater_is_better:
+            return candidate < holder - self.tolerance
+        return candidate > holder + self.tolerance
+
+    def bound(self, holder: float) -> str:
+        """The score a candidate needs, in words."""
+        if self.greater_is_better:
+            return f"at least {_score(holder - self.tolerance)}"
+        return f"at most {_score(holder + self.tolerance)}"
+
+
+def _missing(candidate: ModelVersion, gate: Gate) -> str:
+    """What ``candidate`` has instead of the gate's metric, with the setting to check."""
+    found = available_metrics(candidate)
+    has = f"it has {', '.join(found)}" if found else "it has no metric tags at all"
+    return f"{has}; check params registry.primary_metric ({gate.metric!r})"
+
+
 def _gate(
     name: str,
-    version: int,
+    version: ModelVersion,
     alias: str,
     previous: int | None,
     *,
-    metric: str,
+    gate: Gate,
     candidate: float | None,
     holder: float | None,
-    tolerance: float,
 ) -> str | None:
     """Why the gate refuses ``version`` (``None``: it passes)."""
+    number, metric, tag = int(version.version), gate.metric, f"{TAG_METRIC}{gate.metric}"
+    if candidate is None:
+        if previous is None:
+            against = f"@{alias} has no holder yet"
+        elif holder is None:
+            against = f"neither has version {previous}, holding @{alias}"
+        else:
+            against = f"version {previous}, holding @{alias}, has {_score(holder)}"
+        return (
+            f"version {number} of '{name}' has no {metric} (model-version tag {tag}) and "
+            f"{against}: the gate cannot pass a metric it cannot read ({_missing(version, gate)})"
+        )
     if previous is None or holder is None:
         return None
-    if candidate is None:
+    if gate.worse(candidate, holder):
+        side, margin = ("below", "minus") if gate.greater_is_better else ("above", "plus")
         return (
-            f"version {version} of '{name}' has no {metric} (model-version tag "
-            f"{TAG_METRIC}{metric}) while version {previous}, holding @{alias}, has "
-            f"{_score(holder)}: the gate cannot compare them"
-        )
-    if candidate < holder - tolerance:
-        return (
-            f"version {version} of '{name}' scores {metric} {_score(candidate)}, below version "
-            f"{previous} holding @{alias} ({_score(holder)}) minus the tolerance {tolerance:g} "
-            f"(params registry.tolerance): it needs at least {_score(holder - tolerance)}"
+            f"version {number} of '{name}' scores {metric} {_score(candidate)}, {side} "
+            f"version {previous} holding @{alias} ({_score(holder)}) {margin} the tolerance "
+            f"{gate.tolerance:g} ({gate.direction}: params registry.greater_is_better, "
+            f"registry.tolerance): it needs {gate.bound(holder)}"
         )
     return None
 
@@ -206,9 +253,10 @@ def promote_version(
             previous,
             None,
         )
-    metric, tolerance = settings.primary_metric, settings.tolerance
+    gate = Gate(settings.primary_metric, settings.greater_is_better, settings.tolerance)
+    metric, tolerance = gate.metric, gate.tolerance
     scores = {"candidate": metric_value(candidate, metric), "holder": metric_value(holder, metric)}
-    refusal = _gate(name, number, alias, previous, metric=metric, tolerance=tolerance, **scores)
+    refusal = _gate(name, candidate, alias, previous, gate=gate, **scores)
 
     def event(action: Literal["promote", "refuse", "force"]) -> Event:
         draft = new_event(
@@ -218,6 +266,7 @@ def promote_version(
             to_version=number,
             metric=metric,
             tolerance=tolerance,
+            greater_is_better=gate.greater_is_better,
             reason=reason,
             user=user,
             **scores,
@@ -237,13 +286,13 @@ def promote_version(
     if refusal is not None:
         detail = f"forced over the gate: {refusal}"
     elif previous is None:
-        detail = "first holder: nothing to compare"
+        detail = f"the first holder, {metric} {_score(scores['candidate'])}"
     elif scores["holder"] is None:
-        detail = f"version {previous} has no {metric}: nothing to compare"
+        detail = f"{metric} {_score(scores['candidate'])}; version {previous} had none to compare"
     else:
         detail = (
             f"{metric} {_score(scores['candidate'])} vs {_score(scores['holder'])}, "
-            f"tolerance {tolerance:g}"
+            f"{gate.direction}, tolerance {tolerance:g}"
         )
     if force and refusal is None:
         detail += " (--force was not needed: the gate passed)"

@@ -2,7 +2,9 @@
 ``mlflow models serve`` run for a registered clip-har version.
 
 Input: one row per image, with a column ``image`` (the image file's bytes, base64) or
-``path`` (a local file), never both. Output: ``label`` (top-1), ``confidence`` and
+``path`` (a file on the serving host, read by the server: any client of ``mlflow models
+serve`` can make it read local image files, so expose such a server only to trusted clients),
+never both. Output: ``label`` (top-1), ``confidence`` and
 ``probabilities`` (every class, in the bundle's class order). This module imports MLflow
 (the class must subclass ``PythonModel``); nothing imports it unless it needs the flavour.
 """

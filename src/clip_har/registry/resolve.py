@@ -5,21 +5,30 @@ A registered version is an MLflow pyfunc model whose artifact ``bundle``
 downloaded once into ``CACHE/registry/<store>/<NAME>/<VERSION>/`` (``<store>``: the first
 12 hex digits of the sha256 of the tracking URI, so two stores never share an entry),
 verified like any bundle, and published atomically. An alias is resolved to its version on
-every call, since aliases move; a version, once cached, is reused without downloading.
+every call, since aliases move; a version, once cached, is reused without downloading as
+long as every file still matches the sha256 its manifest records (a damaged copy is
+downloaded again).
+
+:func:`resolve_registered` also returns the format the version serves (its
+:data:`~clip_har.registry.store.TAG_FORMAT` tag), so that ``predict`` and ``evaluate`` on
+``models:/`` give the probabilities ``mlflow models serve`` gives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clip_har.errors import BundleError, ModelRegistryError
+from clip_har.inference.formats import REFERENCE_FORMAT
 from clip_har.io import file_lock, replace_directory, staging_directory
 from clip_har.models.bundle import open_bundle, verify_bundle
 from clip_har.registry.store import (
     BUNDLE_ARTIFACT,
+    TAG_FORMAT,
     ModelRef,
     existing_registry_client,
     get_version,
@@ -38,32 +47,64 @@ _MLMODEL = "MLmodel"
 _PYFUNC = "python_function"
 
 
+@dataclass(frozen=True)
+class ResolvedBundle:
+    """A bundle folder, and for a registered version the format its pyfunc model serves
+    (``None`` for a plain path, or a version registered without the format tag)."""
+
+    path: Path
+    served_format: str | None = None
+
+    def format_for(self, requested: str | None) -> str:
+        """The format to run: ``requested`` (an explicit ``--format``) when given, else the
+        one the registered version serves, else torch (:data:`REFERENCE_FORMAT`)."""
+        chosen = requested or self.served_format or REFERENCE_FORMAT
+        log.info("running %s in format %s", self.path, chosen)
+        return chosen
+
+    def format_note(self, chosen: str) -> str | None:
+        """For a person: which format runs and why (``None`` for a plain bundle path)."""
+        if self.served_format is None:
+            return None
+        if chosen == self.served_format:
+            return f"format {chosen}, the one this registered version serves"
+        return f"format {chosen} (--format); this registered version serves {self.served_format}"
+
+
 def resolve_bundle(reference: str | Path, *, cache_dir: Path) -> Path:
     """The bundle folder ``reference`` names: a path as given, or the verified local copy
     of the registered version a ``models:/`` reference names (downloaded on first use).
+    Raises as :func:`resolve_registered` does."""
+    return resolve_registered(reference, cache_dir=cache_dir).path
+
+
+def resolve_registered(reference: str | Path, *, cache_dir: Path) -> ResolvedBundle:
+    """The bundle folder ``reference`` names and, for a ``models:/`` reference, the format
+    the registered version serves.
 
     Raises :class:`ModelRegistryError` for an unknown model, version or alias, an
     unreachable store, a version that is not a clip-har pyfunc model, or a download whose
     files fail :func:`~clip_har.models.bundle.verify_bundle` (nothing is cached then)."""
     if isinstance(reference, Path) or not is_model_uri(reference):
-        return Path(reference)
+        return ResolvedBundle(Path(reference))
     ref = parse_ref(reference)
     uri = tracking_uri()
     try:
         client = existing_registry_client(uri)
-        version = int(get_version(client, ref).version)
+        found = get_version(client, ref)
     except ModelRegistryError as exc:  # name the reference: a command may take several
         raise ModelRegistryError(f"{reference}: {exc}") from None
+    version = int(found.version)
+    served = (found.tags or {}).get(TAG_FORMAT) or None
     target = cache_path(cache_dir, uri, ref.name, version)
-    if _usable(target):
+    if not _usable(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(target.parent):  # one download per version at a time; others reuse it
+            if not _usable(target, warn=False):  # unless another process just fetched it
+                _download(client, uri, ModelRef(ref.name, version), target)
+    else:
         log.info("models:/%s is version %d, cached in %s", ref, version, target)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.parent):  # one download per version at a time; the others reuse it
-        if _usable(target):
-            return target
-        _download(client, uri, ModelRef(ref.name, version), target)
-    return target
+    return ResolvedBundle(target, served)
 
 
 def cache_path(cache_dir: Path, uri: str, name: str, version: int) -> Path:
@@ -72,18 +113,23 @@ def cache_path(cache_dir: Path, uri: str, name: str, version: int) -> Path:
     return cache_dir / CACHE_FOLDER / store / name / str(version)
 
 
-def _usable(target: Path) -> bool:
-    """Whether the cached copy at ``target`` opens as a bundle. A damaged copy (a file
-    deleted or a manifest broken after it was cached) is not used: it is downloaded again
-    and replaced."""
+def _usable(target: Path, *, warn: bool = True) -> bool:
+    """Whether the cached copy at ``target`` is sound: it opens as a bundle and every file
+    matches the sha256 its manifest records (:func:`verify_bundle`). A damaged copy (a file
+    deleted, changed in place or a manifest broken after it was cached) is not used: it is
+    downloaded again and replaced."""
     if not target.is_dir():
         return False
     try:
         open_bundle(target)
+        problems = [f"{v.file}: {v.problem}" for v in verify_bundle(target) if not v.ok]
     except BundleError as exc:
-        log.warning("the cached copy %s is damaged (%s); downloading it again", target, exc)
-        return False
-    return True
+        problems = [str(exc)]
+    if problems and warn:
+        log.warning(
+            "the cached copy %s is damaged (%s); downloading it again", target, "; ".join(problems)
+        )
+    return not problems
 
 
 def _download(client: MlflowClient, uri: str, ref: ModelRef, target: Path) -> None:
