@@ -630,6 +630,12 @@ CASES: dict[str, list[Case]] = {
             lambda w: ["invalid registered model name"],
             EXIT_USAGE,
         ),
+        Case(
+            "empty --name",
+            lambda w: [w.bundle, "--name", ""],
+            lambda w: ["--name must not be empty"],
+            EXIT_USAGE,
+        ),
     ],
     "registry list": [
         Case("an unexpected argument", lambda w: ["har"], lambda w: ["har"], EXIT_USAGE),

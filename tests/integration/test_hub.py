@@ -165,6 +165,22 @@ def test_a_fine_tuned_encoder_exports_loadable_transformers_weights(
     assert "no test-set evaluation" in card.text and "subfolder=" in card.text
 
 
+def test_an_evaluation_of_another_model_is_refused(tiny_backbone: Any, world: World) -> None:
+    """Same backbone, strategy and classes, other head weights: the card must not report
+    the tiny bundle's evaluation for it."""
+    from clip_har.models.prompts import load_class_names
+
+    prompts = load_prompt_set("minimal")  # other prompts: other zero-shot head weights
+    classifier = build_zero_shot_classifier(tiny_backbone, load_class_names("har15"), prompts)
+    other = world.root / "other-head"
+    save_bundle(other, classifier=classifier, backbone=tiny_backbone, prompts=prompts)
+    result = invoke("hub", "export", other, world.root / "other-export",
+                    "--evaluation", world.evaluation)  # fmt: skip
+    assert result.exit_code == EXIT_FAILURE, result.output
+    assert "evaluated another model" in result.stderr and "head sha256" in result.stderr
+    assert not (world.root / "other-export").exists()
+
+
 def test_a_damaged_bundle_is_refused_naming_the_file(world: World) -> None:
     damaged = Path(shutil.copytree(world.bundle, world.root / "damaged"))
     head = damaged / "head.safetensors"

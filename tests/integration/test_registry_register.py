@@ -18,6 +18,7 @@ from clip_har.inference.predictor import Predictor
 from clip_har.registry.store import (
     TAG_BACKBONE,
     TAG_DATA_VERSION,
+    TAG_EVALUATION_PATH,
     TAG_FORMAT,
     TAG_GIT_COMMIT,
     TAG_METRIC,
@@ -49,6 +50,35 @@ def exported(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return root / "exported"
+
+
+def _evaluate(bundle: Path, root: Path, photos_per_class: int) -> Path:
+    """A real `clip-har evaluate` output of ``bundle`` on generated labelled photos."""
+    from conftest import make_photo
+
+    for offset, label in enumerate(("running", "sitting")):
+        (root / "photos" / label).mkdir(parents=True)
+        for index in range(photos_per_class):
+            make_photo(root / "photos" / label / f"{index}.jpg", seed=index + 10 * offset)
+    done = run_cli("data", "import", str(root / "photos"), "-o", str(root / "manifest"))
+    assert done.returncode == 0, done.stderr
+    done = run_cli(
+        "evaluate", "-b", str(bundle), "-d", str(root / "manifest"), "-o", str(root / "eval"),
+        "--split", "all", "--tracking", "none", "--bootstrap", "20",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return root / "eval"
+
+
+@pytest.fixture(scope="module")
+def evaluations(exported: Path) -> tuple[Path, Path]:
+    """Two evaluations (4 and 3 photos a class) of the bundle `exported` was exported from:
+    what the pipeline registers with models/exported."""
+    bundle = exported.parent / "bundle"
+    return (
+        _evaluate(bundle, exported.parent / "eval-a", 4),
+        _evaluate(bundle, exported.parent / "eval-b", 3),
+    )
 
 
 def _photos(exported: Path) -> list[Path]:
@@ -158,3 +188,90 @@ def test_register_errors_are_clear(exported: Path, tmp_path: Path, clip_har_cach
     )  # fmt: skip
     assert skipped.returncode == 0, skipped.stderr
     assert json.loads(disabled.read_text())["registered"] is False
+
+
+def test_each_version_keeps_its_own_evaluation_and_compares_with_itself(
+    exported: Path, evaluations: tuple[Path, Path], tmp_path: Path, clip_har_cache: Path
+) -> None:
+    """Two versions logged into the same training run, each with its evaluation: the
+    first version's evaluation (and so its comparison) is not overwritten by the second."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {"MLFLOW_TRACKING_URI": store}
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    training = client.create_run(client.create_experiment("training")).info.run_id
+    client.set_terminated(training)
+    trained = Path(shutil.copytree(exported, tmp_path / "trained"))
+    manifest = json.loads((trained / "manifest.json").read_text())
+    manifest["lineage"]["run_id"] = training
+    (trained / "manifest.json").write_text(json.dumps(manifest))
+    for evaluation in evaluations:
+        done = run_cli("registry", "register", str(trained), "--name", "har",
+                       "--evaluation", str(evaluation), env=env, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "CloudPickle" not in done.stderr and "Downloading" not in done.stderr
+    versions = [client.get_model_version("har", str(n)) for n in (1, 2)]
+    assert {v.run_id for v in versions} == {training}
+    paths = [v.tags[TAG_EVALUATION_PATH] for v in versions]
+    assert paths[0] != paths[1]
+    for path, evaluation in zip(paths, evaluations, strict=True):
+        logged = Path(client.download_artifacts(training, path, str(tmp_path / path)))
+        assert (logged / "metrics.json").read_bytes() == (evaluation / "metrics.json").read_bytes()
+
+    compared = run_cli("registry", "compare", "har/1", "har/2", "--json", env=env)
+    assert compared.returncode == 0, compared.stderr
+    assert "Downloading" not in compared.stderr
+    report = json.loads(compared.stdout)
+    assert report["paired"] is not None, report["note"]  # each version's own evaluation
+    assert {r["metric"]: r["first"] for r in report["metrics"]}["n_evaluated"] == 8
+
+    client.set_registered_model_alias("har", "production", "1")
+    itself = run_cli("registry", "compare", "har/1", "har@production", "--json", env=env)
+    assert itself.returncode == 0, itself.stderr
+    same = json.loads(itself.stdout)
+    assert same["metrics"] and all(row["delta"] == 0 for row in same["metrics"])
+    assert same["paired"] is None and "itself" in same["note"]
+
+    shown = run_cli("registry", "show", "har/2", "--json", env=env)
+    assert json.loads(shown.stdout)["evaluation_path"] == paths[1]
+
+
+def test_an_evaluation_of_another_model_is_refused(
+    exported: Path, evaluations: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The evaluation of the zero-shot bundle is not the evaluation of a tip-adapter one
+    (same classes and backbone); an older evaluation that recorded less is accepted with a
+    warning for what cannot be checked."""
+    from clip_har.errors import EvaluationError
+    from clip_har.evaluation.record import read_evaluation
+    from clip_har.models.bundle import open_bundle
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    other = Path(shutil.copytree(exported, tmp_path / "tip"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["lineage"]["strategy"] = "tip-adapter"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    refused = run_cli("registry", "register", str(other), "--name", "har",
+                      "--evaluation", str(evaluations[0]), env=env)  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    assert "evaluated another model" in refused.stderr and "tip-adapter" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    own = open_bundle(exported).manifest
+    read_evaluation(evaluations[0], own)  # the exported copy of the evaluated bundle
+    head = own.head.model_copy(update={"sha256": "0" * 64})
+    with pytest.raises(EvaluationError, match="head sha256"):
+        read_evaluation(evaluations[0], own.model_copy(update={"head": head}))
+
+    older = Path(shutil.copytree(evaluations[0], tmp_path / "older"))
+    metrics = json.loads((older / "metrics.json").read_text())
+    for key in ("backbone_fingerprint", "head_sha256", "encoder_sha256"):
+        del metrics["source"][key]
+    (older / "metrics.json").write_text(json.dumps(metrics))
+    with caplog.at_level("WARNING"):
+        record = read_evaluation(older, own)
+    assert record.source is not None and "head sha256" in caplog.text
+
+    empty = run_cli("registry", "register", str(exported), "--name", "", env=env)
+    assert empty.returncode == 2 and "--name" in empty.stderr

@@ -216,6 +216,8 @@ def configure_logging(verbosity: int) -> None:
     # after this): its variable keeps "Creating initial MLflow database tables" off stderr
     if not os.environ.get("MLFLOW_LOGGING_LEVEL"):  # a level the user chose is kept
         os.environ["MLFLOW_LOGGING_LEVEL"] = logging.getLevelName(quiet)
+    # no "Downloading artifacts" bars on stderr (register, compare, predict models:/)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from transformers.utils import logging as hf_logging  # imported late: keeps --help fast
 
     hf_logging.set_verbosity_error()

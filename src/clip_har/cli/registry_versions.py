@@ -13,6 +13,7 @@ from rich.table import Table
 
 from clip_har.cli.common import console, err_console, settings_from
 from clip_har.cli.outputs import force_option, output_option, prepare_output
+from clip_har.errors import UsageError
 from clip_har.io import write_json_atomic
 from clip_har.registry.store import NO_PROMOTION, existing_registry_client
 
@@ -68,7 +69,9 @@ def register(
     from clip_har.registry.store import check_alias, check_name, registry_client
 
     settings = settings_from(ctx)
-    model_name = check_name(name or settings.registry.name)
+    if name is not None and not name.strip():
+        raise UsageError("--name must not be empty (omit it to use params registry.name)")
+    model_name = check_name(settings.registry.name if name is None else name)
     alias = None if promote in (None, NO_PROMOTION) else check_alias(promote)
     prepare_output(
         record, suffixes=(".json",), inputs=[bundle, evaluation], force=force, option="--record"
@@ -245,7 +248,7 @@ def _print_lineage(lineage: dict[str, Any]) -> None:
         ("git commit", lineage["git_commit"] or "—"),
         ("backbone", lineage["backbone_fingerprint"] or "—"),
         ("parent bundle", lineage["parent_bundle"] or "—"),
-        ("evaluation", "logged with the run" if lineage["has_evaluation"] else "—"),
+        ("evaluation", lineage["evaluation_path"] or "—"),  # an artifact of the run
     ]
     for field, value in rows:
         table.add_row(field, escape(str(value)))

@@ -59,6 +59,8 @@ class EvaluationSource:
 
     ``split`` is None when every row was evaluated (the manifest has no splits, or
     ``--split all``); ``data_sha256`` is the sha256 of the manifest file.
+    ``backbone_fingerprint``, ``head_sha256`` and ``encoder_sha256`` identify the model's
+    weights (from its manifest); evaluations made before they were recorded have None.
     """
 
     bundle: str
@@ -69,6 +71,9 @@ class EvaluationSource:
     data_sha256: str | None
     split: str | None
     format: str
+    backbone_fingerprint: str | None = None
+    head_sha256: str | None = None
+    encoder_sha256: str | None = None
 
     @classmethod
     def describe(
@@ -86,6 +91,9 @@ class EvaluationSource:
             data_sha256=file_sha256(table) if table.is_file() else None,
             split=split,
             format=format,
+            backbone_fingerprint=manifest.backbone.fingerprint,
+            head_sha256=manifest.head.sha256,
+            encoder_sha256=manifest.encoder.sha256 if manifest.encoder is not None else None,
         )
 
     # ------------------------------------------------------------------ labels
@@ -149,16 +157,21 @@ class EvaluationSource:
         if not isinstance(payload, dict):
             return None
         names = {f.name for f in fields(cls)}
-        if not names <= set(payload):
+        if not names - set(_OPTIONAL) <= set(payload):
             return None
-        values = {name: payload[name] for name in names}
+        values: dict[str, Any] = {name: payload.get(name) for name in names}
         text = ("bundle", "backbone", "strategy", "data", "format")
         if not all(isinstance(values[name], str) for name in text):
             return None
         if not isinstance(values["random_weights"], bool):
             return None
         if not all(
-            values[n] is None or isinstance(values[n], str) for n in ("split", "data_sha256")
+            values[n] is None or isinstance(values[n], str)
+            for n in ("split", "data_sha256", *_OPTIONAL)
         ):
             return None
         return cls(**values)
+
+
+# what an older evaluation's source may lack (they are then None)
+_OPTIONAL = ("backbone_fingerprint", "head_sha256", "encoder_sha256")

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clip_har.errors import BundleError, HubError
-from clip_har.evaluation.record import EvaluationRecord
+from clip_har.evaluation.record import EvaluationRecord, check_evaluation_of
 from clip_har.io import file_sha256, publish_directory, read_text_input, write_json_atomic
 from clip_har.models.bundle import MANIFEST, Bundle, open_bundle, open_verified_bundle
 from clip_har.registry.hub_card import CardInputs, build_model_card, card_warnings
@@ -71,8 +71,10 @@ def export_for_hub(
 ) -> HubExport:
     """Write the Hub-ready folder of the bundle at ``bundle_dir`` to ``output`` (replaced
     whole, atomically). The bundle is verified first; a damaged one is refused, naming
-    the file."""
+    the file, and so is an ``evaluation`` of another model."""
     bundle = open_verified_bundle(bundle_dir, "refusing to export it")
+    if evaluation is not None:  # the card must not report another model's numbers
+        check_evaluation_of(evaluation, bundle.manifest)
 
     with publish_directory(output) as staging:
         root = bundle.directory.resolve()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from clip_har.registry.store import (
     TAG_BACKBONE,
     TAG_DATA_VERSION,
+    TAG_EVALUATION_PATH,
     TAG_FORMAT,
     TAG_GIT_COMMIT,
     TAG_HAS_EVALUATION,
@@ -28,6 +29,18 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 RUN_PARAM_PREFIXES = ("model.", "train.")  # the training params `show` prints
+
+
+def evaluation_artifact(version: ModelVersion) -> str | None:
+    """The run artifact path of the evaluation registered with ``version`` (its own
+    folder; the run's ``evaluation/`` for versions registered before that was recorded),
+    None when it was registered without one."""
+    from clip_har.registry.register import EVALUATION_ARTIFACT
+
+    tags = version.tags or {}
+    if tags.get(TAG_HAS_EVALUATION) != "true" or not version.run_id:
+        return None
+    return tags.get(TAG_EVALUATION_PATH) or EVALUATION_ARTIFACT
 
 
 def version_metrics(version: ModelVersion) -> dict[str, float]:
@@ -149,6 +162,7 @@ def version_lineage(client: MlflowClient, version: ModelVersion) -> dict[str, An
         "backbone_fingerprint": tags.get(TAG_BACKBONE),
         "parent_bundle": tags.get(TAG_PARENT_BUNDLE),
         "has_evaluation": tags.get(TAG_HAS_EVALUATION) == "true",
+        "evaluation_path": evaluation_artifact(version),
         "metrics": version_metrics(version),
         "parity": parity if isinstance(parity, dict) else {},
     }

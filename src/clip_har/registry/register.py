@@ -23,11 +23,12 @@ from clip_har.evaluation.record import read_evaluation
 from clip_har.evaluation.run import PREDICTIONS_FILE
 from clip_har.imaging import load_image
 from clip_har.imaging.loading import DEFAULT_MIN_SIDE
-from clip_har.models.bundle import Bundle, Manifest, open_bundle, verify_bundle
+from clip_har.models.bundle import Bundle, Manifest, open_verified_bundle
 from clip_har.registry.store import (
     BUNDLE_ARTIFACT,
     TAG_BACKBONE,
     TAG_DATA_VERSION,
+    TAG_EVALUATION_PATH,
     TAG_FORMAT,
     TAG_GIT_COMMIT,
     TAG_HAS_EVALUATION,
@@ -50,7 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # the pyfunc model's name inside its run
-EVALUATION_ARTIFACT = "evaluation"  # where an `evaluate` output folder goes in the run
+# where an `evaluate` output folder goes in the run: EVALUATION_ARTIFACT/<logged model id>,
+# one per version (TAG_EVALUATION_PATH); older versions have it at EVALUATION_ARTIFACT
+EVALUATION_ARTIFACT = "evaluation"
 # what the pyfunc model serves, best first: the fastest export that passed its parity gate
 FORMAT_PREFERENCE = ("onnx-int8", "onnx")
 FALLBACK_FORMAT = "torch"  # the bundle's own classifier: always works
@@ -75,17 +78,8 @@ class RegisteredVersion:
 
 def check_bundle(directory: Path) -> Bundle:
     """The bundle at ``directory`` with every file sound; a damaged one is refused,
-    naming the bad file."""
-    verdicts = verify_bundle(directory)
-    bad = [v for v in verdicts if not v.ok]
-    if bad:
-        first = bad[0]
-        more = f" (and {len(bad) - 1} more damaged files)" if len(bad) > 1 else ""
-        raise BundleError(
-            f"{directory / first.file}: {first.problem}{more}; refusing to register a damaged "
-            f"bundle (`clip-har bundle verify {directory}` lists every file)"
-        )
-    return open_bundle(directory)
+    naming the bad files."""
+    return open_verified_bundle(directory, "refusing to register a damaged bundle")
 
 
 def choose_format(bundle: Bundle) -> str:
@@ -188,6 +182,26 @@ def input_example(evaluation: Path | None) -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(buffer.getvalue()).decode("ascii")]})
 
 
+# MLflow's warning that a python_model object is pickled: clip-har's BundleModel is a
+# small class with no state (the bundle travels as an artifact), so it is only noise
+_CLOUDPICKLE_WARNING = "Passing a Python object as `python_model`"
+
+
+def _not_cloudpickle_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_CLOUDPICKLE_WARNING)
+
+
+@contextmanager
+def _quiet_cloudpickle_warning() -> Iterator[None]:
+    """MLflow's CloudPickle warning (logger ``mlflow.pyfunc``) dropped for the duration."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    logger.addFilter(_not_cloudpickle_warning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_cloudpickle_warning)
+
+
 @contextmanager
 def _store(uri: str) -> Iterator[None]:
     """MLflow's fluent API (start_run, log_model, and the registry's lookup of a logged
@@ -226,6 +240,11 @@ def _summary(manifest: Manifest, model_format: str, metrics: Mapping[str, float]
     )
 
 
+def evaluation_path(model_id: str) -> str:
+    """Where the evaluation of the logged model ``model_id`` goes in its run."""
+    return f"{EVALUATION_ARTIFACT}/{model_id}"
+
+
 def register_bundle(
     bundle_dir: Path,
     name: str,
@@ -248,7 +267,7 @@ def register_bundle(
     bundle = check_bundle(Path(bundle_dir))
     manifest = bundle.manifest
     evaluation_metrics = (
-        read_evaluation(evaluation, manifest.class_names).metrics if evaluation is not None else {}
+        read_evaluation(evaluation, manifest).metrics if evaluation is not None else {}
     )
     model_format = choose_format(bundle)
     if model_format == FALLBACK_FORMAT and not manifest.backbone.embedded:
@@ -277,6 +296,8 @@ def register_bundle(
         run_id = str(tracker.run_id)
     with _store(uri):  # MLflow resolves the new version's models:/ source through it
         info = _log_model(client, run_id, bundle, model_format, evaluation, training, tracker)
+        if evaluation is not None:
+            tags[TAG_EVALUATION_PATH] = evaluation_path(info.model_id)
         try:
             client.create_registered_model(name)
         except MlflowException as exc:
@@ -304,8 +325,9 @@ def _log_model(
     training: Any,
     tracker: MLflowTracker | None,
 ) -> ModelInfo:
-    """Log the pyfunc model (and the evaluation) into ``run_id``, then end the run as it
-    was: a reopened training run gets its status and end time back."""
+    """Log the pyfunc model (and the evaluation, under ``evaluation_path`` of the logged
+    model) into ``run_id``, then end the run as it was: a reopened training run gets its
+    status and end time back."""
     import mlflow
 
     from clip_har.registry.pyfunc import FORMAT_KEY, BundleModel
@@ -313,19 +335,24 @@ def _log_model(
     manifest = bundle.manifest
     try:
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            if evaluation is not None:
-                client.log_artifacts(run_id, str(evaluation), artifact_path=EVALUATION_ARTIFACT)
+            with _quiet_cloudpickle_warning():
+                info: ModelInfo = mlflow.pyfunc.log_model(
+                    name=MODEL_NAME,
+                    python_model=BundleModel(),
+                    artifacts={BUNDLE_ARTIFACT: str(bundle.directory)},
+                    model_config={FORMAT_KEY: model_format},
+                    signature=signature(),
+                    input_example=input_example(evaluation),
+                    pip_requirements=[f"clip-har=={__version__}"],
+                    metadata={
+                        "class_names": manifest.class_names,
+                        "clip_har_version": __version__,
+                    },
+                )
+            if evaluation is not None:  # per model: a later version never overwrites it
+                where = evaluation_path(info.model_id)
+                client.log_artifacts(run_id, str(evaluation), artifact_path=where)
                 mlflow.set_tag(TAG_HAS_EVALUATION, "true")
-            info: ModelInfo = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=BundleModel(),
-                artifacts={BUNDLE_ARTIFACT: str(bundle.directory)},
-                model_config={FORMAT_KEY: model_format},
-                signature=signature(),
-                input_example=input_example(evaluation),
-                pip_requirements=[f"clip-har=={__version__}"],
-                metadata={"class_names": manifest.class_names, "clip_har_version": __version__},
-            )
             return info
     finally:
         if training is not None:  # start_run reopened it: put back how it ended

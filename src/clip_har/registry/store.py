@@ -36,6 +36,9 @@ TAG_PARITY = f"{TAG_PREFIX}parity"  # JSON: {format: {passed, max_abs_diff, top1
 TAG_TRAINING_RUN = f"{TAG_PREFIX}training_run_id"
 TAG_PARENT_BUNDLE = f"{TAG_PREFIX}parent_bundle"  # where the registered bundle came from
 TAG_HAS_EVALUATION = f"{TAG_PREFIX}evaluation"  # "true" when the run holds `evaluation/`
+# the run artifact path of this version's own evaluation (versions registered before it
+# was recorded have their evaluation at the run's `evaluation/`)
+TAG_EVALUATION_PATH = f"{TAG_PREFIX}evaluation_path"
 BUNDLE_ARTIFACT = "bundle"  # the pyfunc model's artifact key holding the bundle folder
 NO_PROMOTION = "none"  # params registry.promote / register --promote: promote nothing
 

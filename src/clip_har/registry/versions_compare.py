@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clip_har.errors import ModelRegistryError
-from clip_har.registry.lineage import version_metrics
-from clip_har.registry.register import EVALUATION_ARTIFACT
-from clip_har.registry.store import TAG_HAS_EVALUATION, ModelRef, get_version
+from clip_har.registry.lineage import evaluation_artifact, version_metrics
+from clip_har.registry.store import ModelRef, get_version
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -32,15 +31,18 @@ def metric_deltas(first: ModelVersion, second: ModelVersion) -> list[dict[str, A
     ]
 
 
+SAME_VERSION = "{ref} compared with itself: every delta is zero"
+
+
 def _download(client: MlflowClient, version: ModelVersion, target: Path) -> Path | None:
-    """The version's run's ``evaluation/`` folder, downloaded under ``target``; None when
-    it was registered without one."""
-    if (version.tags or {}).get(TAG_HAS_EVALUATION) != "true" or not version.run_id:
+    """The version's own evaluation (``evaluation_artifact``), downloaded into the new
+    folder ``target``; None when it was registered without one."""
+    artifact = evaluation_artifact(version)
+    if artifact is None or not version.run_id:
         return None
-    folder = target / f"v{version.version}"
-    folder.mkdir(parents=True)
+    target.mkdir(parents=True)
     try:
-        path = client.download_artifacts(version.run_id, EVALUATION_ARTIFACT, str(folder))
+        path = client.download_artifacts(version.run_id, artifact, str(target))
     except Exception as exc:  # mlflow raises many types: a lost run, artifacts, the server
         raise ModelRegistryError(
             f"cannot fetch the evaluation of {version.name}/{version.version} "
@@ -64,8 +66,14 @@ def compare_versions(
         "paired": None,
         "note": None,
     }
+    if report["first"] == report["second"]:
+        report["note"] = SAME_VERSION.format(ref=report["first"])
+        return report
     with tempfile.TemporaryDirectory(prefix="clip-har-compare-") as scratch:
-        folders = [_download(client, v, Path(scratch)) for v in versions]
+        folders = [
+            _download(client, v, Path(scratch) / f"{index}-v{v.version}")
+            for index, v in enumerate(versions)
+        ]
         if None in folders:
             report["note"] = NO_PAIRED
             return report
