@@ -200,7 +200,8 @@ def test_each_version_keeps_its_own_evaluation_and_compares_with_itself(
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {"MLFLOW_TRACKING_URI": store}
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    training = client.create_run(client.create_experiment("training")).info.run_id
+    artifacts = (tmp_path / "artifacts").as_uri()  # MLflow's default is ./mlruns of the cwd
+    training = client.create_run(client.create_experiment("training", artifacts)).info.run_id
     client.set_terminated(training)
     trained = Path(shutil.copytree(exported, tmp_path / "trained"))
     manifest = json.loads((trained / "manifest.json").read_text())
