@@ -55,11 +55,12 @@ def promote(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
-    """Point --alias of NAME at VERSION through the promotion gate: it refuses a version
-    whose primary metric (params registry.primary_metric) is worse than the current
-    holder's by more than params registry.tolerance (lower is worse; higher when params
-    registry.greater_is_better is false), or that lacks the metric. A refusal exits 1 and
-    is recorded like every decision (`clip-har registry history`)."""
+    """Point --alias of NAME at VERSION through the promotion gate.
+
+    The gate refuses a version whose primary metric (params registry.primary_metric) is
+    worse than the current holder's by more than params registry.tolerance (higher is
+    better unless params registry.greater_is_better is false), or that lacks the metric.
+    A refusal exits 1 and is recorded like every decision (`clip-har registry history`)."""
     from clip_har.registry.promotion import check_force, promote_version
 
     settings = settings_from(ctx).registry
