@@ -35,8 +35,11 @@ class Store:
 
 
 def _register(uri: str, experiment: str, name: str, artifacts: dict[str, str]) -> None:
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment):
+    # MLflow's own scoped URI: set_tracking_uri(previous) would pin the URI for the rest of
+    # this worker process, and later tests that set MLFLOW_TRACKING_URI would not be heard
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri), mlflow.start_run(experiment_id=experiment):
         mlflow.pyfunc.log_model(
             name="model",
             python_model=_Echo(),
@@ -56,17 +59,13 @@ def store(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Store:
     damaged = Path(shutil.copytree(tiny_bundle, root / "damaged"))
     head = damaged / json.loads((damaged / "manifest.json").read_text())["head"]["file"]
     head.write_bytes(head.read_bytes()[:-8] + b"tampered")
-    previous = mlflow.get_tracking_uri()
-    try:
-        client = MlflowClient(uri)
-        experiment = client.create_experiment("models", (root / "artifacts").as_uri())
-        for bundle in (tiny_bundle, tiny_bundle, damaged):
-            _register(uri, experiment, NAME, {BUNDLE_ARTIFACT: str(bundle)})
-        _register(uri, experiment, "not-clip-har", {"weights": str(tiny_bundle)})
-        client.set_registered_model_alias(NAME, "production", "1")
-        client.set_model_version_tag(NAME, "2", TAG_FORMAT, "onnx")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("models", (root / "artifacts").as_uri())
+    for bundle in (tiny_bundle, tiny_bundle, damaged):
+        _register(uri, experiment, NAME, {BUNDLE_ARTIFACT: str(bundle)})
+    _register(uri, experiment, "not-clip-har", {"weights": str(tiny_bundle)})
+    client.set_registered_model_alias(NAME, "production", "1")
+    client.set_model_version_tag(NAME, "2", TAG_FORMAT, "onnx")
     return Store(uri, tiny_bundle)
 
 
