@@ -72,6 +72,17 @@ def tiny_bundle(tiny_backbone: Backbone, tmp_path_factory: pytest.TempPathFactor
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``tiny_bundle`` exported to onnx, onnx-int8 and text-onnx (parity checked)."""
+    from clip_har.export.run import ExportOptions, export_bundle
+
+    directory = tmp_path_factory.mktemp("bundles") / "tiny-har-onnx"
+    shutil.copytree(tiny_bundle, directory)
+    export_bundle(directory, ["onnx", "onnx-int8", "text-onnx"], ExportOptions(parity_count=4))
+    return directory
+
+
 def make_photo(path: Path, size: tuple[int, int] = (120, 90), seed: int = 0) -> Path:
     """A smooth random colour image saved in the format named by the suffix."""
     rng = np.random.default_rng(seed)
@@ -147,13 +158,21 @@ def runnable_commands(app: Any) -> dict[str, Any]:
     from typer.main import get_command
 
     def walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
-        subcommands = getattr(command, "commands", None)
-        if subcommands is None:
+        if getattr(command, "commands", None) is None:
             yield " ".join(path), command
             return
         if path and command.invoke_without_command:
             yield " ".join(path), command
-        for name, sub in sorted(subcommands.items()):
+        for name, sub in sorted(subcommands(command).items()):
             yield from walk(sub, (*path, name))
 
     return dict(walk(get_command(app), ()))
+
+
+def subcommands(command: Any) -> dict[str, Any]:
+    """The commands of a Click group by name, loading the lazily registered ones (the root
+    imports each command's module on first use); ``{}`` for a plain command."""
+    if getattr(command, "commands", None) is None:
+        return {}
+    ctx = command.make_context(command.name, [], resilient_parsing=True)
+    return {name: command.get_command(ctx, name) for name in command.list_commands(ctx)}

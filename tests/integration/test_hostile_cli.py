@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -819,6 +820,28 @@ CASES["mlflow serve"] = [
         lambda w: [w.file],
     ),
 ]
+CASES["serve"] = [
+    Case("no --bundle", lambda w: [], lambda w: ["--bundle"], EXIT_USAGE),
+    Case("missing bundle folder", lambda w: ["-b", w.missing], lambda w: [w.missing]),
+    Case("corrupt manifest", lambda w: ["-b", w.corrupt_manifest], lambda w: ["manifest"]),
+    Case(
+        "port already in use",
+        lambda w: ["-b", w.bundle, "--port", _busy_port(w)],
+        lambda w: ["already in use", "--port"],
+    ),
+    Case(
+        "unknown --format",
+        lambda w: ["-b", w.bundle, "--format", "nope"],
+        lambda w: ["nope"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "malformed models:/",
+        lambda w: ["-b", "models:/bad name"],
+        lambda w: ["bad name"],
+        EXIT_USAGE,
+    ),
+]
 CASES["predict"].append(
     Case(
         "unknown models:/ bundle",
@@ -847,6 +870,48 @@ for _command, _output in (("export", "x-models"), ("benchmark", "b-models")):
             lambda w: [_UNKNOWN_MODEL],
         ),
     ]
+
+
+def _foreign_db(w: World) -> Path:
+    """A SQLite database without the prediction log's tables."""
+    path = w.root / "foreign.db"
+    if not path.exists():
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE other (x INTEGER)")
+        connection.close()
+    return path
+
+
+CASES["feedback export"] = [
+    Case(
+        "missing --database file",
+        lambda w: ["-o", _out(w, "fb1"), "--database", w.missing, "--images", w.folder],
+        lambda w: [w.missing],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--database is a text file",
+        lambda w: ["-o", _out(w, "fb2"), "--database", w.file, "--images", w.folder],
+        lambda w: ["not a database"],
+    ),
+    Case(
+        "--database of another program",
+        lambda w: ["-o", _out(w, "fb3"), "--database", _foreign_db(w), "--images", w.folder],
+        lambda w: ["holds no prediction log"],
+    ),
+    Case(
+        "missing --images folder",
+        lambda w: ["-o", _out(w, "fb4"), "--database", _foreign_db(w), "--images", w.missing],
+        lambda w: [w.missing],
+        EXIT_USAGE,
+    ),
+    Case(
+        "no --images",
+        lambda w: ["-o", _out(w, "fb5"), "--database", _foreign_db(w)],
+        lambda w: ["--images", "--store-images"],
+        EXIT_USAGE,
+    ),
+]
 
 
 # --------------------------------------------------------------------------- the tests

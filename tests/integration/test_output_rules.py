@@ -9,6 +9,7 @@ nothing behind; and outputs follow the umask. Commands run in-process through
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from typer.testing import CliRunner, Result
 from clip_har.cli.common import EXIT_FAILURE, EXIT_USAGE
 from clip_har.cli.main import app
 from clip_har.cli.outputs import FORCE_HELP, OUTPUT_PANEL
+from clip_har.serving.store import PredictionRecord, PredictionStore, sqlite_file_url
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +154,38 @@ class Run:
     suffix: str = ""  # of a file output
 
 
+def _feedback_store(w: World) -> Path:
+    """``feedback/store.db`` (a service's prediction log: one prediction with feedback) and
+    ``feedback/images`` (its stored upload), made once; the folder."""
+    folder = w.root / "feedback"
+    database = folder / "store.db"
+    if database.is_file():
+        return folder
+    folder.mkdir(exist_ok=True)
+    store = PredictionStore(sqlite_file_url(database), images_dir=folder / "images")
+    try:
+        digest = store.store_image((w.photos / "running" / "0.png").read_bytes())
+        top = [("running", 0.9)]
+        record = PredictionRecord(
+            PredictionRecord.new_id(), datetime.now(UTC), "tiny", "1", "v1/predict", "running",
+            0.9, top, 5.0, digest,
+        )  # fmt: skip
+
+        async def log() -> None:
+            await store.log_predictions([record])
+            await store.add_feedback(record.id, correct=False, label="sitting", comment=None)
+
+        asyncio.run(log())
+    finally:
+        store.close()
+    return folder
+
+
+def _feedback_inputs(w: World) -> list[str | Path]:
+    store = _feedback_store(w)
+    return ["--database", store / "store.db", "--images", store / "images"]
+
+
 RUNS: dict[tuple[str, str], Run] = {
     ("predict", "--output"): Run(
         lambda w, out: [w.photos, "-b", w.bundle, "-o", out], lambda w: w.photos, ".csv"
@@ -209,6 +244,9 @@ RUNS: dict[tuple[str, str], Run] = {
     ),
     ("registry register", "--record"): Run(
         lambda w, out: [w.bundle, "--name", "rules", "--record", out], lambda w: w.bundle, ".json"
+    ),
+    ("feedback export", "--output"): Run(
+        lambda w, out: [*_feedback_inputs(w), "-o", out], lambda w: _feedback_store(w) / "images"
     ),
 }
 

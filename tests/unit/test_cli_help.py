@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import subcommands
 from rich.console import Console
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -38,7 +39,7 @@ NUMBER_WORDS += ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "
 def _walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(words, command) for the root and every group and command below it."""
     yield path, command
-    for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+    for name, sub in sorted(subcommands(command).items()):
         yield from _walk(sub, (*path, name))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -117,11 +118,36 @@ def _reflow(text: str | None) -> str | None:
     return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
+# the import names of the packages each extra provides (pyproject.toml), space-separated
+_EXTRA_MODULES: dict[str, str] = {
+    "train": "torch transformers safetensors datasets kornia peft dvc mlflow wandb sklearn "
+    "scipy matplotlib onnx imagehash",
+    "serve": "fastapi starlette uvicorn multipart python_multipart anyio prometheus_client "
+    "sqlalchemy psycopg",
+    "ui": "streamlit plotly",
+}
+EXTRA_PACKAGES = {
+    module: extra for extra, modules in _EXTRA_MODULES.items() for module in modules.split()
+}
+
+
+def missing_extra(module: str | None) -> str | None:
+    """The extra that installs the missing ``module`` (``torch.nn`` -> ``train``), if any."""
+    return EXTRA_PACKAGES.get((module or "").partition(".")[0])
+
+
 def report_error(exc: Exception) -> int:
     """Print ``exc`` as one message on stderr and return the exit code it calls for."""
     logger.debug("error details", exc_info=exc)
+    extra = missing_extra(exc.name) if isinstance(exc, ModuleNotFoundError) else None
     if isinstance(exc, ClipHarError):
         message, code = str(exc), EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE
+    elif isinstance(exc, ModuleNotFoundError) and extra is not None:
+        message = (
+            f"{exc.name} is not installed; this needs the [{extra}] extra: "
+            f"pip install 'clip-har[{extra}]'"
+        )
+        code = EXIT_FAILURE
     elif isinstance(exc, OSError):  # the file system refused: name the file and the reason
         files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         message, code = f"{files}: {exc.strerror}" if files else str(exc), EXIT_FAILURE
@@ -218,10 +244,26 @@ def configure_logging(verbosity: int) -> None:
         os.environ["MLFLOW_LOGGING_LEVEL"] = logging.getLevelName(quiet)
     # no "Downloading artifacts" bars on stderr (register, compare, predict models:/)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from transformers.utils import logging as hf_logging  # imported late: keeps --help fast
+    _quiet_hugging_face()
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+def _quiet_hugging_face() -> None:
+    """Transformers logs errors only and Hugging Face shows no progress bars. Neither is
+    imported for it (that would load them into torch-free commands): a library not yet
+    loaded reads the environment variables when it is."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # transformers starts with the hub's setting
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 PROGRESS_THRESHOLD = 8  # a count of items at most this small gets no bar by default

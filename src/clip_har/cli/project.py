@@ -358,7 +358,11 @@ def _next_commands(root: Path, registry: dict[str, Any] | None) -> list[dict[str
         env = f"MLFLOW_TRACKING_URI={shlex.quote(store)}"
         steps += [
             {
-                "what": "serve it (MLflow's pyfunc server)",
+                "what": "serve it (REST + Open Inference Protocol, follows the alias)",
+                "command": f"{env} clip-har serve --bundle {ref}",
+            },
+            {
+                "what": "or with MLflow's pyfunc server",
                 "command": f"{env} mlflow models serve -m {ref} --env-manager local",
             },
             {

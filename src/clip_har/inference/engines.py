@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from clip_har.errors import ClipHarError
 from clip_har.inference.formats import (
@@ -16,38 +15,21 @@ from clip_har.inference.formats import (
     engine_formats,
     get_format,
 )
-from clip_har.models.backbone import Backbone
-from clip_har.models.bundle import Bundle
-from clip_har.models.classifier import HARClassifier
+
+if TYPE_CHECKING:
+    from clip_har.inference.torch_engine import TorchEngine
+    from clip_har.models.bundle import Bundle
 
 __all__ = ["Engine", "EngineOptions", "TorchEngine", "create_engine"]
 
 
-class TorchEngine:
-    """Eager PyTorch on the CPU (or a given device)."""
+def __getattr__(name: str) -> Any:
+    """``TorchEngine`` is imported on first use, so exported formats never load torch."""
+    if name == "TorchEngine":
+        from clip_har.inference.torch_engine import TorchEngine
 
-    format = REFERENCE_FORMAT
-
-    def __init__(
-        self, classifier: HARClassifier, backbone: Backbone | None = None, device: str = "cpu"
-    ) -> None:
-        self.classifier = classifier.to(device).eval()
-        self.backbone = backbone  # kept so open-vocabulary heads can reuse the text encoder
-        self.device = torch.device(device)
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle, options: EngineOptions | None = None) -> TorchEngine:
-        options = options or EngineOptions()
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
-        backbone = bundle.load_backbone()
-        return cls(bundle.load_classifier(backbone), backbone, options.device)
-
-    @torch.inference_mode()
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
-        probs: np.ndarray = self.classifier(batch).softmax(dim=-1).float().cpu().numpy()
-        return probs
+        return TorchEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_engine(
@@ -56,6 +38,8 @@ def create_engine(
     """The engine for ``format`` over ``bundle``; unknown formats list the known ones."""
     options = options or EngineOptions()
     if format == REFERENCE_FORMAT:
+        from clip_har.inference.torch_engine import TorchEngine
+
         return TorchEngine.from_bundle(bundle, options)
     factory = get_format(format).engine if format in engine_formats() else None
     if factory is None:

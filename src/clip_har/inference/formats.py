@@ -6,17 +6,23 @@ See docs/inference.md#the-format-registry.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from clip_har.devices import parse_device
-from clip_har.errors import ClipHarError, RegistryError
+from clip_har.errors import BundleError, ClipHarError, RegistryError
 from clip_har.inference.signature import IMAGE_SIGNATURE, TEXT_SIGNATURE, Signature
 from clip_har.io import noun_form
+
+if TYPE_CHECKING:
+    from clip_har.models.bundle import Bundle
+
+logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "torchscript", "tensorrt"]
@@ -24,6 +30,8 @@ Runtime = Literal["onnxruntime", "torchscript", "tensorrt"]
 REFERENCE_FORMAT = "torch"  # the bundle's own classifier, run eagerly: not an export
 TEXT_FORMAT = "text-onnx"  # the exported text encoder behind open-vocabulary ONNX engines
 TOKENIZER_FILE = "tokenizer.json"
+# what a registered version and the server run when no format is named, best first
+SERVING_PREFERENCE = ("onnx-int8", "onnx")
 
 
 class Engine(Protocol):
@@ -315,3 +323,18 @@ for _spec in (
     ),
 ):
     register_format(_spec)
+
+
+def best_served_format(bundle: Bundle) -> str:
+    """The first of :data:`SERVING_PREFERENCE` that ``bundle`` has, passed its parity gate and
+    is unchanged on disk; else the bundle's own classifier (``torch``), which always works."""
+    for name in SERVING_PREFERENCE:
+        if name not in bundle.manifest.exports:
+            continue
+        try:
+            bundle.export_file(name)
+        except BundleError as exc:
+            logger.info("not serving the '%s' export: %s", name, exc)
+            continue
+        return name
+    return REFERENCE_FORMAT

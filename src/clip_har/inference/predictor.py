@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -15,13 +15,15 @@ from PIL import Image
 from clip_har.config import DataSettings, PredictSettings, Settings
 from clip_har.errors import ClipHarError, ConfigError, ImageProblem
 from clip_har.imaging import ImageConfig, ImageLoadError, Preprocessor, load_image
-from clip_har.inference.engines import Engine, EngineOptions, TorchEngine, create_engine
+from clip_har.inference.engines import Engine, EngineOptions, create_engine
 from clip_har.inference.formats import REFERENCE_FORMAT, TEXT_FORMAT, get_format
 from clip_har.inference.inputs import CollectedInputs, InputProblem
-from clip_har.models.backbone import Backbone, load_backbone
 from clip_har.models.bundle import Bundle, open_bundle
-from clip_har.models.classifier import TextEmbeddingCache, build_zero_shot_classifier
 from clip_har.models.prompts import PromptSet, load_prompt_set
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so ONNX serving loads no torch
+    from clip_har.inference.torch_engine import TorchEngine
+    from clip_har.models.backbone import Backbone
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,16 @@ class OpenVocabulary:
     """Builds zero-shot engines for arbitrary labels, caching text embeddings (LRU)."""
 
     def __init__(self, backbone: Backbone, prompts: PromptSet) -> None:
+        from clip_har.models.classifier import TextEmbeddingCache
+
         self.backbone = backbone
         self.prompts = prompts
         self.cache = TextEmbeddingCache(backbone)
 
     def engine_for(self, labels: Sequence[str], prompts: PromptSet | None = None) -> TorchEngine:
+        from clip_har.inference.torch_engine import TorchEngine
+        from clip_har.models.classifier import build_zero_shot_classifier
+
         classifier = build_zero_shot_classifier(
             self.backbone, labels, prompts or self.prompts, self.cache
         )
@@ -171,8 +178,11 @@ class Predictor:
         engine_options = engine_options or EngineOptions()
         engine = create_engine(bundle, format, engine_options)
         vocabulary: Vocabulary | None = None
-        if isinstance(engine, TorchEngine) and engine.backbone is not None:
-            vocabulary = OpenVocabulary(engine.backbone, bundle.manifest.prompts)
+        if format == REFERENCE_FORMAT:
+            from clip_har.inference.torch_engine import TorchEngine  # loaded by the engine
+
+            if isinstance(engine, TorchEngine) and engine.backbone is not None:
+                vocabulary = OpenVocabulary(engine.backbone, bundle.manifest.prompts)
         elif (
             format != REFERENCE_FORMAT
             and get_format(format).runtime == get_format(TEXT_FORMAT).runtime
@@ -202,6 +212,8 @@ class Predictor:
         options: PredictOptions | None = None,
     ) -> Predictor:
         """Zero-shot over ``labels`` straight from a backbone, no bundle needed."""
+        from clip_har.models.backbone import load_backbone
+
         backbone = load_backbone(spec, revision=revision, cache_dir=cache_dir)
         prompt_set = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts)
         vocabulary = OpenVocabulary(backbone, prompt_set)

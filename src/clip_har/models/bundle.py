@@ -6,18 +6,17 @@ Layout and what opening one checks: docs/models.md#the-bundle.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from clip_har.errors import BundleError
 from clip_har.imaging import ImageConfig
@@ -30,11 +29,15 @@ from clip_har.io import (
     staging_directory,
     write_text_atomic,
 )
-from clip_har.models.backbone import Backbone, ImageEncoder, content_hash, load_backbone
-from clip_har.models.classifier import HARClassifier
-from clip_har.models.heads import Head, head_class
 from clip_har.models.prompts import PromptSet
 from clip_har.version import __version__
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so reading a bundle loads no torch
+    import torch
+
+    from clip_har.models.backbone import Backbone, ImageEncoder
+    from clip_har.models.classifier import HARClassifier
+    from clip_har.models.heads import Head
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,12 @@ class HeadInfo(_Strict):
     @field_validator("type")
     @classmethod
     def _registered(cls, value: str) -> str:
-        head_class(value)  # raises, naming the registered types
+        # Checked against the registry once it is loaded (any torch user loads it). A
+        # torch-free process that serves an export never needs the head class: the head
+        # is inside the exported graph, and load_head checks the type when it runs.
+        heads = sys.modules.get("clip_har.models.heads")
+        if heads is not None:
+            heads.head_class(value)  # raises, naming the registered types
         return value
 
 
@@ -216,6 +224,8 @@ class Bundle:
 
     def load_backbone(self, cache_dir: Path | None = None) -> Backbone:
         """The bundle's own backbone copy if it has one, else the recorded spec + revision."""
+        from clip_har.models.backbone import load_backbone
+
         info = self.manifest.backbone
         if info.embedded:
             return load_backbone(str(self.directory / BACKBONE_DIR), cache_dir=cache_dir)
@@ -230,6 +240,10 @@ class Bundle:
 
     def load_head(self) -> Head:
         """The saved head, rebuilt and checked against the class names and embedding size."""
+        import torch
+
+        from clip_har.models.heads import head_class
+
         info = self.manifest.head
         path = self.directory / info.file
         tensors = _read_tensors(path, info.sha256, "head")
@@ -254,6 +268,8 @@ class Bundle:
     def load_image_encoder(self, backbone: Backbone) -> ImageEncoder:
         """The backbone's image encoder, with the bundle's fine-tuned tensors applied to a
         copy (``backbone`` itself is never changed)."""
+        from clip_har.models.backbone import ImageEncoder
+
         info = self.manifest.encoder
         if info is None:
             return backbone.image_encoder
@@ -276,6 +292,8 @@ class Bundle:
 
     def load_classifier(self, backbone: Backbone | None = None) -> HARClassifier:
         """Rebuild the exact classifier that was saved."""
+        from clip_har.models.classifier import HARClassifier
+
         backbone = backbone if backbone is not None else self.load_backbone()
         encoder = self.load_image_encoder(backbone)
         return HARClassifier(encoder, self.load_head(), self.class_names).eval()
@@ -284,6 +302,9 @@ class Bundle:
 def _read_tensors(path: Path, sha256: str | None, what: str) -> dict[str, torch.Tensor]:
     """The tensors of the ``what`` (head, encoder) weights file ``path``, checked against
     its recorded ``sha256`` (bundles saved before hashes were recorded have none)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors: dict[str, torch.Tensor] = load_file(path)
     except (SafetensorError, OSError) as exc:
@@ -379,6 +400,8 @@ def save_bundle(
     overwrite: bool = False,
 ) -> Bundle:
     """Write a bundle atomically: a failed save never damages an existing bundle."""
+    from safetensors.torch import save_file
+
     target = Path(directory)
     if target.exists() and not overwrite:
         raise BundleError(f"{target} already exists (use --force to replace it)")
@@ -529,12 +552,26 @@ def _verify_head(bundle: Bundle) -> FileVerdict:
     path = bundle.directory / info.file
     if not path.is_file():
         return FileVerdict(info.file, "head", _MISSING)
+    if _torch_missing():
+        return _hash_only(info.file, "head", path, info.sha256)
     try:
         bundle.load_head()
     except BundleError as exc:
         return FileVerdict(info.file, "head", _reason(exc, path))
     note = f"{info.type} head loads: {len(bundle.class_names)} classes"
     return FileVerdict(info.file, "head", note=f"{_hash_note(info.sha256)}; {note}")
+
+
+def _torch_missing() -> bool:
+    """Whether torch is not installed (a ``[serve]`` install): weights are hash-checked only."""
+    return importlib.util.find_spec("torch") is None
+
+
+def _hash_only(file: str, role: str, path: Path, sha256: str | None) -> FileVerdict:
+    """The verdict on a weights file checked against its recorded hash without loading it."""
+    changed = None if sha256 is None else _changed(path, sha256)
+    note = f"{_hash_note(sha256)}; not loaded (torch is not installed)"
+    return FileVerdict(file, role, changed, "" if changed else note)
 
 
 def _hash_note(sha256: str | None) -> str:
@@ -546,6 +583,8 @@ def _verify_encoder(bundle: Bundle, info: EncoderInfo) -> FileVerdict:
     path = bundle.directory / info.file
     if not path.is_file():
         return FileVerdict(info.file, "encoder", _MISSING)
+    if _torch_missing():
+        return _hash_only(info.file, "encoder", path, info.sha256)
     try:
         count = len(_read_tensors(path, info.sha256, "encoder"))
     except BundleError as exc:
@@ -565,6 +604,8 @@ def _verify_backbone(bundle: Bundle) -> FileVerdict:
         return FileVerdict(f"{BACKBONE_DIR}/", "backbone", _MISSING)
     if not fingerprint.startswith("sha256:"):  # a hub copy: the fingerprint is repo@commit
         return FileVerdict(f"{BACKBONE_DIR}/", "backbone", note=f"present ({fingerprint})")
+    from clip_har.models.backbone import content_hash
+
     actual = f"sha256:{content_hash(folder)}"
     if actual != fingerprint:
         return FileVerdict(

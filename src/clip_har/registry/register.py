@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from clip_har.errors import BundleError, ImageLoadError
+from clip_har.errors import ImageLoadError
 from clip_har.evaluation.record import read_evaluation
 from clip_har.evaluation.run import PREDICTIONS_FILE
 from clip_har.imaging import load_image
 from clip_har.imaging.loading import DEFAULT_MIN_SIDE
+from clip_har.inference.formats import REFERENCE_FORMAT, best_served_format
 from clip_har.models.bundle import Bundle, Manifest, open_verified_bundle
 from clip_har.registry.store import (
     BUNDLE_ARTIFACT,
@@ -55,8 +56,6 @@ MODEL_NAME = "model"  # the pyfunc model's name inside its run
 # one per version (TAG_EVALUATION_PATH); older versions have it at EVALUATION_ARTIFACT
 EVALUATION_ARTIFACT = "evaluation"
 # what the pyfunc model serves, best first: the fastest export that passed its parity gate
-FORMAT_PREFERENCE = ("onnx-int8", "onnx")
-FALLBACK_FORMAT = "torch"  # the bundle's own classifier: always works
 UNTRACKED = "untracked"  # TAG_TRAINING_RUN of a bundle no tracked run produced
 EXAMPLE_SIDE = 96  # the input example's longest side (px): small, so the model stays small
 
@@ -80,20 +79,6 @@ def check_bundle(directory: Path) -> Bundle:
     """The bundle at ``directory`` with every file sound; a damaged one is refused,
     naming the bad files."""
     return open_verified_bundle(directory, "refusing to register a damaged bundle")
-
-
-def choose_format(bundle: Bundle) -> str:
-    """The best export that passed its parity gate and is unchanged, else ``torch``."""
-    for name in FORMAT_PREFERENCE:
-        if name not in bundle.manifest.exports:
-            continue
-        try:
-            bundle.export_file(name)
-        except BundleError as exc:
-            log.info("not serving the '%s' export: %s", name, exc)
-            continue
-        return name
-    return FALLBACK_FORMAT
 
 
 def version_tags(
@@ -269,8 +254,8 @@ def register_bundle(
     evaluation_metrics = (
         read_evaluation(evaluation, manifest).metrics if evaluation is not None else {}
     )
-    model_format = choose_format(bundle)
-    if model_format == FALLBACK_FORMAT and not manifest.backbone.embedded:
+    model_format = best_served_format(bundle)
+    if model_format == REFERENCE_FORMAT and not manifest.backbone.embedded:
         log.warning(
             "the torch engine loads backbone '%s' from the model cache wherever the model "
             "is served; export the bundle (onnx) to serve it self-contained",
