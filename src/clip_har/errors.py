@@ -189,3 +189,70 @@ class ImageLoadError(ClipHarError, ValueError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"cannot load image {where}{reason}")
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class V2FormatError(ClipHarError, ValueError):
+    """A request that does not follow the protocol; the message says what is wrong."""
+
+
+class StoreError(ClipHarError):
+    """The prediction store cannot be opened or written (the database refused)."""
+
+
+class StoreClosedError(StoreError):
+    """A write arrived after :meth:`PredictionStore.close`."""
+
+
+class UnknownPredictionError(ClipHarError):
+    """Feedback names a prediction id the store has never logged (the API answers 404)."""
+
+    def __init__(self, prediction_id: str) -> None:
+        super().__init__(f"no prediction with id {prediction_id!r} is logged")
+        self.prediction_id = prediction_id
+
+
+class InvalidFeedbackError(ClipHarError):
+    """Feedback that contradicts itself or its prediction (the API answers 422)."""
+
+
+class PayloadTooLargeError(ClipHarError):
+    """Raised from ``receive`` once the request body passes the cap."""
+
+
+class ApiError(ClipHarError):
+    """An answer other than success: HTTP ``status``, a stable machine ``code`` and a message a
+    person can act on; ``headers`` (e.g. ``Retry-After``) go on the response."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class QueueFullError(ClipHarError):
+    """The queue holds ``max_queue`` items already (HTTP 503); retry after ``retry_after`` s."""
+
+    def __init__(
+        self, message: str = "the inference queue is full", *, retry_after: float = 1.0
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceededError(ClipHarError):
+    """The item's deadline passed before its batch ran (HTTP 504); it was never computed."""
+
+
+class BatcherClosedError(ClipHarError):
+    """The batcher is draining or closed and takes no new work (HTTP 503)."""
+
+
+class BatchInputError(ClipHarError, ValueError):
+    """What was submitted cannot be queued: no items, or more than the queue can ever hold."""

@@ -58,7 +58,7 @@ def _start(bundle: Path, tmp_path: Path, *args: str) -> Server:
     env = {
         **os.environ,
         # JSON list: settings.py's comma form fails on env (reported to the lead)
-        "CLIP_HAR_SERVE_ADMIN_API_KEYS": json.dumps([ADMIN_KEY]),
+        "CLIP_HAR_SERVE_ADMIN_API_KEYS": ADMIN_KEY,
         "CLIP_HAR_SERVE_DATABASE_URL": f"sqlite:///{tmp_path / 'serving.db'}",
         "CLIP_HAR_SERVE_DRAIN_GRACE_S": "20",
     }

@@ -17,15 +17,14 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from clip_har.errors import ClipHarError
-from clip_har.inference.batcher import (
+from clip_har.errors import (
     BatcherClosedError,
     BatchInputError,
-    BatchRecord,
+    ClipHarError,
     DeadlineExceededError,
-    DynamicBatcher,
     QueueFullError,
 )
+from clip_har.inference.batcher import BatchRecord, DynamicBatcher
 
 T = TypeVar("T")
 SAFETY = 30.0  # seconds: only ever reached when a test is broken

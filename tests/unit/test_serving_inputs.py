@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import BaseModel
 
-from clip_har.serving.errors import ApiError, RequestIdMiddleware, install_error_handlers
+from clip_har.errors import ApiError
+from clip_har.serving.errors import RequestIdMiddleware, install_error_handlers
 from clip_har.serving.images import (
     ACCEPTED_TYPES,
     decode_base64,

@@ -26,19 +26,17 @@ from conftest import make_photo
 from fastapi import FastAPI
 
 from clip_har.data.sources import import_source
+from clip_har.errors import (
+    InvalidFeedbackError,
+    StoreClosedError,
+    StoreError,
+    UnknownPredictionError,
+)
 from clip_har.serving import auth, routes_feedback
 from clip_har.serving.errors import RequestIdMiddleware, install_error_handlers
 from clip_har.serving.settings import ServeSettings
 from clip_har.serving.state import Services
-from clip_har.serving.store import (
-    InvalidFeedbackError,
-    PredictionRecord,
-    PredictionStore,
-    StoreClosedError,
-    StoreError,
-    UnknownPredictionError,
-    export_feedback,
-)
+from clip_har.serving.store import PredictionRecord, PredictionStore, export_feedback
 
 
 def record(label: str = "running", sha: str | None = None, version: str = "1") -> PredictionRecord:

@@ -20,8 +20,8 @@ from conftest import free_port
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from clip_har.errors import V2FormatError
 from clip_har.serving import v2_codec
-from clip_har.serving.v2_codec import V2FormatError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -372,8 +372,8 @@ def test_openapi_documents_the_v2_errors_in_the_protocol_shape(client: TestClien
     """Regression (schemathesis): /v2 documented only 200 and FastAPI's 422, which it never
     answers; its errors are ``{"error": str}`` with 400/401/404/413/415/503/504."""
     spec = client.get("/openapi.json").json()
-    error_ref = "#/components/schemas/V2Error"
-    assert spec["components"]["schemas"]["V2Error"]["required"] == ["error"]
+    error_ref = "#/components/schemas/V2ErrorBody"
+    assert spec["components"]["schemas"]["V2ErrorBody"]["required"] == ["error"]
     expected = {
         "/v2": {"401"},
         "/v2/models/{model_name}": {"401", "404", "503"},

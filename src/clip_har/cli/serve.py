@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
+KEEP_ALIVE_S = 75  # seconds an idle HTTP connection is kept open
+
+
 def _env(name: str) -> str:
     return f"(env {ENV_PREFIX}{name.upper()})"
 
@@ -140,6 +143,9 @@ def serve(
         log_level="info",
         access_log=logging.getLogger().getEffectiveLevel() <= logging.INFO,
         timeout_graceful_shutdown=math.ceil(settings.drain_grace_s),
+        # longer than load balancers' idle timeouts (60 s is common), so the server never
+        # closes a kept-alive connection while a client or proxy is reusing it
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
     )
     server = _server_class()(config, app.state.models)

@@ -36,7 +36,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from clip_har.errors import ClipHarError, UsageError
+from clip_har.errors import (
+    BatcherClosedError,
+    BatchInputError,
+    ClipHarError,
+    DeadlineExceededError,
+    QueueFullError,
+    UsageError,
+)
 from clip_har.io import plural
 
 logger = logging.getLogger(__name__)
@@ -46,28 +53,6 @@ BatchRunner = Callable[[np.ndarray], np.ndarray]
 
 _RECENT_BATCHES = 32  # batch times kept for the Retry-After estimate
 _T = TypeVar("_T")
-
-
-class QueueFullError(ClipHarError):
-    """The queue holds ``max_queue`` items already (HTTP 503); retry after ``retry_after`` s."""
-
-    def __init__(
-        self, message: str = "the inference queue is full", *, retry_after: float = 1.0
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class DeadlineExceededError(ClipHarError):
-    """The item's deadline passed before its batch ran (HTTP 504); it was never computed."""
-
-
-class BatcherClosedError(ClipHarError):
-    """The batcher is draining or closed and takes no new work (HTTP 503)."""
-
-
-class BatchInputError(ClipHarError, ValueError):
-    """What was submitted cannot be queued: no items, or more than the queue can ever hold."""
 
 
 @dataclass(frozen=True)

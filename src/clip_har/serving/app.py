@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from clip_har.errors import StoreError
 from clip_har.serving import (
     auth,
     metrics,
@@ -33,7 +34,7 @@ from clip_har.serving.metrics import MetricsMiddleware, ServingMetrics
 from clip_har.serving.models import ModelManager
 from clip_har.serving.settings import ServeSettings
 from clip_har.serving.state import Services
-from clip_har.serving.store import PredictionStore, StoreError
+from clip_har.serving.store import PredictionStore
 from clip_har.version import __version__
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from clip_har.serving.errors import ApiError, request_id
+from clip_har.errors import ApiError
+from clip_har.serving.errors import request_id
 from clip_har.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clip_har.errors import ApiError
+
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -42,20 +44,6 @@ _STATUS_CODES = {
     503: "unavailable",
     504: "timeout",
 }
-
-
-class ApiError(Exception):
-    """An answer other than success: HTTP ``status``, a stable machine ``code`` and a message a
-    person can act on; ``headers`` (e.g. ``Retry-After``) go on the response."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 def request_id(request: Request) -> str:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import anyio.to_thread
 from PIL import Image
 
-from clip_har.errors import ImageProblem
+from clip_har.errors import ApiError, ImageProblem
 from clip_har.imaging import ImageLoadError, load_image
-from clip_har.serving.errors import ApiError
 from clip_har.serving.settings import ServeSettings
 
 # image types we decode: (format name, predicate over the first bytes)

@@ -13,6 +13,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clip_har.errors import PayloadTooLargeError
 from clip_har.serving.errors import REQUEST_ID_HEADER, error_body
 
 logger = logging.getLogger(__name__)
@@ -20,10 +21,6 @@ logger = logging.getLogger(__name__)
 _DRAIN_FACTOR = 4
 """A refused body up to this many times the cap is read and discarded before the answer, so
 the client (which is still sending) sees the 413 instead of a reset connection."""
-
-
-class PayloadTooLargeError(Exception):
-    """Raised from ``receive`` once the request body passes the cap."""
 
 
 class BodySizeLimitMiddleware:

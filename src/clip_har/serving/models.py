@@ -29,22 +29,22 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
-from clip_har.errors import BundleError, ClipHarError
-from clip_har.inference.batcher import (
+from clip_har.errors import (
+    ApiError,
     BatcherClosedError,
     BatchInputError,
-    BatchRecord,
+    BundleError,
+    ClipHarError,
     DeadlineExceededError,
-    DynamicBatcher,
     QueueFullError,
 )
+from clip_har.inference.batcher import BatchRecord, DynamicBatcher
 from clip_har.inference.engines import EngineOptions
 from clip_har.inference.formats import best_served_format
 from clip_har.inference.predictor import Predictor
 from clip_har.io import file_sha256, plural
 from clip_har.models.bundle import MANIFEST, open_bundle
 from clip_har.models.prompts import PromptSet
-from clip_har.serving.errors import ApiError
 from clip_har.serving.settings import ServeSettings
 
 if TYPE_CHECKING:

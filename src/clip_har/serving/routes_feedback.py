@@ -15,16 +15,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clip_har.errors import ApiError, InvalidFeedbackError, UnknownPredictionError
 from clip_har.serving.auth import require_api_key
-from clip_har.serving.errors import ApiError
 from clip_har.serving.schemas import error_responses
 from clip_har.serving.state import Services, services
-from clip_har.serving.store import (
-    COMMENT_LENGTH,
-    FeedbackStats,
-    InvalidFeedbackError,
-    UnknownPredictionError,
-)
+from clip_har.serving.store import COMMENT_LENGTH, FeedbackStats
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from clip_har.errors import ApiError
 from clip_har.serving.auth import require_api_key
-from clip_har.serving.errors import ApiError
 from clip_har.serving.images import (
     decode_base64,
     decode_each,
@@ -36,7 +36,7 @@ from clip_har.serving.images import (
 from clip_har.serving.schemas import (
     ERROR_RESPONSES,
     BatchFailure,
-    BatchItemError,
+    BatchItemFailure,
     BatchPrediction,
     BatchResponse,
     ClassifyForm,
@@ -509,7 +509,7 @@ async def predict_batch(
     for index, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
         filename = upload.filename if isinstance(upload, Upload) else None
         if isinstance(outcome, ApiError):
-            error = BatchItemError(code=outcome.code, message=outcome.message)
+            error = BatchItemFailure(code=outcome.code, message=outcome.message)
             items.append(BatchFailure(index=index, filename=filename, error=error))
             continue
         item = next(answers)

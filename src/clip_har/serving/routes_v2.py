@@ -24,9 +24,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from clip_har.errors import ApiError, V2FormatError
 from clip_har.serving import v2_codec
 from clip_har.serving.auth import require_api_key
-from clip_har.serving.errors import ApiError
 from clip_har.serving.images import decode_base64, decode_images
 from clip_har.serving.models import ModelInfo, ServedModel
 from clip_har.serving.settings import ServeSettings
@@ -71,7 +71,7 @@ def _check_model(info: ModelInfo | None, name: str, version: str | None) -> Mode
 # ----------------------------------------------------------------------------- documented shapes
 
 
-class V2Error(BaseModel):
+class V2ErrorBody(BaseModel):
     """Every /v2 error answer: the protocol's ``{"error": "<message>"}``."""
 
     error: str = Field(description="What went wrong, in words.")
@@ -115,14 +115,14 @@ _V2_ERROR_DESCRIPTIONS = {
 
 def v2_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` of a /v2 route: these statuses, and ``default`` (any other status,
-    e.g. 405 or 500), all with the protocol's :class:`V2Error` body. Documenting ``default``
+    e.g. 405 or 500), all with the protocol's :class:`V2ErrorBody` body. Documenting ``default``
     also keeps FastAPI from documenting its 422 validation shape, which /v2 never answers
     (the path parameters are plain strings and the routes read their bodies themselves)."""
     responses: dict[int | str, dict[str, Any]] = {
-        status: {"model": V2Error, "description": _V2_ERROR_DESCRIPTIONS[status]}
+        status: {"model": V2ErrorBody, "description": _V2_ERROR_DESCRIPTIONS[status]}
         for status in statuses
     }
-    responses["default"] = {"model": V2Error, "description": "Any other error"}
+    responses["default"] = {"model": V2ErrorBody, "description": "Any other error"}
     return responses
 
 
@@ -506,7 +506,7 @@ async def _answer_inference(
     body = await _read_body(request, svc.settings)
     try:
         decoded = v2_codec.decode_request(body, request.headers.get(v2_codec.HEADER_LENGTH))
-    except v2_codec.V2FormatError as exc:
+    except V2FormatError as exc:
         raise _bad(str(exc)) from None
     tensor = _single_input(decoded, svc.settings)
     wanted = _wanted_outputs(decoded)

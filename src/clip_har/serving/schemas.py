@@ -157,7 +157,7 @@ class PredictionResponse(BaseModel):
     latency_ms: float = Field(description="Server time from the request's arrival to the answer.")
 
 
-class BatchItemError(BaseModel):
+class BatchItemFailure(BaseModel):
     code: str
     message: str
 
@@ -178,7 +178,7 @@ class BatchFailure(BaseModel):
 
     index: int
     filename: str | None = None
-    error: BatchItemError
+    error: BatchItemFailure
 
 
 class BatchResponse(BaseModel):

@@ -40,7 +40,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import (
+    ClipHarError,
+    InvalidFeedbackError,
+    StoreClosedError,
+    StoreError,
+    UnknownPredictionError,
+)
 from clip_har.io import atomic_write, publish_directory, write_text_atomic
 
 if TYPE_CHECKING:
@@ -69,26 +75,6 @@ _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class StoreError(ClipHarError):
-    """The prediction store cannot be opened or written (the database refused)."""
-
-
-class StoreClosedError(StoreError):
-    """A write arrived after :meth:`PredictionStore.close`."""
-
-
-class UnknownPredictionError(ClipHarError):
-    """Feedback names a prediction id the store has never logged (the API answers 404)."""
-
-    def __init__(self, prediction_id: str) -> None:
-        super().__init__(f"no prediction with id {prediction_id!r} is logged")
-        self.prediction_id = prediction_id
-
-
-class InvalidFeedbackError(ClipHarError):
-    """Feedback that contradicts itself or its prediction (the API answers 422)."""
 
 
 # --------------------------------------------------------------------------- records

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from clip_har.errors import V2FormatError
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
@@ -43,10 +45,6 @@ NUMPY_TYPES: dict[str, np.dtype[Any]] = {
 }
 DATATYPES = frozenset({*NUMPY_TYPES, "BYTES"})
 _LENGTH = struct.Struct("<I")
-
-
-class V2FormatError(ValueError):
-    """A request that does not follow the protocol; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
