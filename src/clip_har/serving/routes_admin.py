@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from clip_har.serving.auth import require_admin_key
-from clip_har.serving.models import ModelInfo
-from clip_har.serving.schemas import error_responses
+from clip_har.serving.schemas import ServedModelInfo, error_responses
 from clip_har.serving.state import Services, services
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
@@ -26,27 +22,6 @@ class ReloadRequest(BaseModel):
         description="Bundle folder or models:/NAME@ALIAS | models:/NAME/VERSION; "
         "default: the current source again (an alias is resolved anew).",
     )
-
-
-class ServedModelInfo(BaseModel):
-    """A served model's identity, format and manifest."""
-
-    name: str
-    version: str
-    alias: str | None
-    source: str
-    format: str
-    classes: list[str]
-    image_size: list[int]
-    open_vocabulary: bool
-    manifest: dict[str, Any]
-    metrics: dict[str, float]
-    parity: dict[str, Any]
-    loaded_at: str
-
-    @classmethod
-    def of(cls, info: ModelInfo) -> ServedModelInfo:
-        return cls.model_validate(dataclasses.asdict(info))
 
 
 class ReloadResponse(BaseModel):

@@ -51,6 +51,7 @@ from clip_har.serving.schemas import (
     PredictionResponse,
     PredictRequest,
     RegistryRef,
+    ServedModelInfo,
     error_responses,
 )
 from clip_har.serving.settings import ServeSettings
@@ -615,18 +616,5 @@ async def model_info(svc: Services = Depends(services)) -> ModelResponse:
             uri=info.source, name=info.name, version=info.version, alias=info.alias
         )
     return ModelResponse(
-        name=info.name,
-        version=info.version,
-        alias=info.alias,
-        source=info.source,
-        format=info.format,
-        classes=list(info.classes),
-        image_size=list(info.image_size),
-        open_vocabulary=info.open_vocabulary,
-        manifest=info.manifest,
-        metrics=info.metrics,
-        parity=info.parity,
-        loaded_at=info.loaded_at,
-        registry=registry,
-        ready=svc.models.ready,
+        **ServedModelInfo.of(info).model_dump(), registry=registry, ready=svc.models.ready
     )

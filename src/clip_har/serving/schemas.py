@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+
+if TYPE_CHECKING:
+    from clip_har.serving.models import ModelInfo
 
 # --------------------------------------------------------------------------- errors
 
@@ -203,8 +207,8 @@ class RegistryRef(BaseModel):
     alias: str | None = None
 
 
-class ModelResponse(BaseModel):
-    """The served model: manifest, registry version/alias, metrics, format and parity."""
+class ServedModelInfo(BaseModel):
+    """A served model's identity, format and manifest."""
 
     name: str
     version: str
@@ -218,5 +222,15 @@ class ModelResponse(BaseModel):
     metrics: dict[str, float]
     parity: dict[str, Any]
     loaded_at: str
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> ServedModelInfo:
+        """The JSON form of a loaded model's :class:`ModelInfo`."""
+        return cls.model_validate(dataclasses.asdict(info))
+
+
+class ModelResponse(ServedModelInfo):
+    """The served model: manifest, registry version/alias, metrics, format and parity."""
+
     registry: RegistryRef | None = Field(description="Set when served from the model registry.")
     ready: bool
