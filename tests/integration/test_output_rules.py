@@ -19,7 +19,7 @@ import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,8 @@ def _feedback_store(w: World) -> Path:
         digest = store.store_image((w.photos / "running" / "0.png").read_bytes())
         top = [("running", 0.9)]
         record = PredictionRecord(
-            PredictionRecord.new_id(), datetime.now(UTC), "tiny", "1", "v1/predict", "running",
-            0.9, top, 5.0, digest,
+            PredictionRecord.new_id(), datetime.now(timezone.utc), "tiny", "1", "v1/predict",
+            "running", 0.9, top, 5.0, digest,
         )  # fmt: skip
 
         async def log() -> None:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -42,7 +42,7 @@ from clip_har.serving.store import PredictionRecord, PredictionStore, export_fee
 def record(label: str = "running", sha: str | None = None, version: str = "1") -> PredictionRecord:
     return PredictionRecord(
         id=PredictionRecord.new_id(),
-        created_at=datetime.now(UTC),
+        created_at=datetime.now(timezone.utc),
         model_name="tiny-har",
         model_version=version,
         route="v1/predict",

@@ -202,9 +202,8 @@ class DynamicBatcher:
         Returns True when everything accepted has finished in time."""
         self._accepting = False
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
-                await self._idle.wait()
-        except TimeoutError:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout))
+        except asyncio.TimeoutError:  # not the builtin on Python 3.10
             logger.debug(
                 "batcher drain timed out: %d waiting, %d running", self.depth, self.in_flight
             )
@@ -375,11 +374,8 @@ class DynamicBatcher:
             if len(self._queue) >= self._max_batch_size or remaining <= 0:
                 return self._take()
             self._wakeup.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
+            with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     def _take(self) -> list[_Item]:
         """Pop up to ``max_batch_size`` live items of one shape and dtype (others keep their

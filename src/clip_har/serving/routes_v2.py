@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -459,7 +459,7 @@ async def _records(
         store = svc.store
         hashes = await anyio.to_thread.run_sync(lambda: [store.store_image(d) for d in datas])
     k = min(svc.settings.default_top_k, probs.shape[1])
-    created = datetime.now(UTC)
+    created = datetime.now(timezone.utc)
     records = []
     for row, sha in zip(probs, hashes, strict=True):
         top = np.argsort(-row, kind="stable")[:k]

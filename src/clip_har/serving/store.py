@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,12 +181,16 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("timestamps of the store must be timezone-aware")
-        return value.astimezone(UTC)
+        return value.astimezone(timezone.utc)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return (
+            value.replace(tzinfo=timezone.utc)
+            if value.tzinfo is None
+            else value.astimezone(timezone.utc)
+        )
 
 
 metadata = sa.MetaData()
@@ -463,7 +467,7 @@ class PredictionStore:
         Raises :class:`UnknownPredictionError` for an id never logged and
         :class:`InvalidFeedbackError` when ``correct`` contradicts ``label``.
         """
-        created = datetime.now(UTC)
+        created = datetime.now(timezone.utc)
         feedback_id = uuid.uuid4().hex
 
         def work(connection: Connection) -> FeedbackRecord:
