@@ -55,6 +55,24 @@ demo-lifecycle: install
 	$(IN_PROJECT) git add -A && git $(GIT_IDENTITY) commit --quiet -m "dvc repro: the baseline"
 	$(IN_PROJECT) "$(abspath $(BIN))/clip-har" project summary .
 
+# the local stack in one command (`clip-har up`, docs/apps.md): the MLflow server, the API and
+# the UI; Ctrl-C stops all three. After `make demo`: the demo project's registry and its
+# @production version, else (no lifecycle) the zero-shot bundle with a registry of its own.
+# State and logs go to $(OUT)/stack. UP_ARGS adds options (UP_ARGS="--api-port 8080").
+UP_ARGS ?=
+STACK := $(abspath $(OUT))/stack
+.PHONY: up
+up: install
+	@if [ -e "$(PROJECT)/mlruns.db" ]; then set -x; \
+		$(BIN)/clip-har up --model $(NAME) --state "$(STACK)" $(UP_ARGS) \
+			--backend-store-uri "sqlite:///$(PROJECT)/mlruns.db" \
+			--artifacts-destination "$(PROJECT)/mlartifacts"; \
+	elif [ -d "$(OUT)/bundle" ]; then set -x; \
+		$(BIN)/clip-har up --bundle $(OUT)/bundle --state "$(STACK)" $(UP_ARGS) \
+			--backend-store-uri "sqlite:///$(STACK)/mlruns.db" \
+			--artifacts-destination "$(STACK)/mlartifacts"; \
+	else echo "nothing to serve yet: run 'make demo' first, or 'clip-har up --bundle DIR'"; exit 2; fi
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -82,6 +100,10 @@ bench: install
 .PHONY: bench-serving
 bench-serving: install  # real servers on loopback; BentoML gets a venv of its own (cached)
 	$(BIN)/python benchmarks/bench_serving.py
+
+.PHONY: bench-predict
+bench-predict: install  # clip-har batch vs transformers.pipeline on ../shared/data/har/dev
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,15 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 20) -> N
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=grace)
+
+
+def wait_ready(client: Any, timeout: float = 120) -> None:
+    """Wait until an in-process service (a ``TestClient`` over ``create_app``) answers
+    ``GET /readyz`` with 200: its model loads and warms up after startup."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the model did not become ready"
+        time.sleep(0.1)
 
 
 def free_port() -> int:

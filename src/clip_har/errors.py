@@ -180,6 +180,10 @@ class ImageProblem(str, Enum):
     NO_IMAGES = "no_images"
 
 
+class VideoError(ClipHarError):
+    """A video source that cannot be opened or read, or an output that cannot be written."""
+
+
 class ImageLoadError(ClipHarError, ValueError):
     """An image cannot be used: ``code`` classifies it, ``reason`` says why in words."""
 

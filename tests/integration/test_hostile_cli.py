@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_photo, run_cli, runnable_commands
+from conftest import free_port, make_photo, run_cli, runnable_commands
 from typer.testing import CliRunner, Result
 
 from clip_har.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
@@ -841,6 +841,60 @@ CASES["serve"] = [
         lambda w: ["bad name"],
         EXIT_USAGE,
     ),
+    Case(
+        "missing --evaluation folder",
+        lambda w: ["-b", w.bundle, "--evaluation", w.missing],
+        lambda w: ["--evaluation", w.missing],
+    ),
+    Case(
+        "--evaluation is not an evaluate output",
+        lambda w: ["-b", w.bundle, "--evaluation", w.folder],
+        lambda w: ["--evaluation", "not a `clip-har evaluate` output"],
+    ),
+    Case(
+        "--evaluation of another model",
+        lambda w: ["-b", w.bundle, "--evaluation", _other_model_evaluation(w)],
+        lambda w: ["--evaluation", "other classes"],
+    ),
+]
+
+
+def _other_model_evaluation(w: World) -> Path:
+    """An evaluation folder of a two-class model (the sound bundle has 15 classes)."""
+    folder = w.root / "other-model-evaluation"
+    if not folder.is_dir():
+        folder.mkdir()
+        classes = ["running", "sitting"]
+        (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "n_evaluated": 2}))
+        details = {"class_names": classes, "confusion_matrix": [[1, 0], [1, 0]]}
+        (folder / "metrics_full.json").write_text(json.dumps(details))
+        (folder / "predictions.csv").write_text("path,label,predicted\na.jpg,running,running\n")
+    return folder
+
+
+CASES["up"] = [
+    Case("neither --bundle nor --model", lambda w: [], lambda w: ["--bundle", "--model"], 2),
+    Case("missing bundle folder", lambda w: ["-b", w.missing], lambda w: [w.missing]),
+    Case("corrupt manifest", lambda w: ["-b", w.corrupt_manifest], lambda w: ["manifest"]),
+    Case(
+        "unknown registered model",
+        lambda w: ["--model", "no-such-model"],
+        lambda w: [_UNKNOWN_MODEL],
+    ),
+    Case(
+        "port already in use",
+        lambda w: [
+            *("-b", w.bundle, "--no-ui", "--mlflow-port", str(free_port())),
+            *("--api-port", _busy_port(w)),
+        ],
+        lambda w: ["already in use", "--api-port"],
+    ),
+    Case(
+        "two services on one port",
+        lambda w: ["-b", w.bundle, "--mlflow-port", "5999", "--api-port", "5999"],
+        lambda w: ["--mlflow-port", "--api-port"],
+        EXIT_USAGE,
+    ),
 ]
 CASES["predict"].append(
     Case(
@@ -910,6 +964,272 @@ CASES["feedback export"] = [
         lambda w: ["-o", _out(w, "fb5"), "--database", _foreign_db(w)],
         lambda w: ["--images", "--store-images"],
         EXIT_USAGE,
+    ),
+]
+
+CASES["webcam"] = [
+    Case(
+        "missing video file",
+        lambda w: ["--source", w.missing, "-b", w.bundle],
+        lambda w: [w.missing, "does not exist"],
+    ),
+    Case(
+        "source is not a video",
+        lambda w: ["--source", w.file, "-b", w.bundle],
+        lambda w: [w.file, "not a video"],
+    ),
+    Case(
+        "--every 0",
+        lambda w: ["--source", w.file, "-b", w.bundle, "--every", "0"],
+        lambda w: ["--every"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "unknown --smoothing",
+        lambda w: ["--source", w.file, "-b", w.bundle, "--smoothing", "median"],
+        lambda w: ["median"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "-o has an unknown type",
+        lambda w: ["--source", w.file, "-b", w.bundle, "-o", _out(w, "annotated.gif")],
+        lambda w: ["annotated.gif", ".mp4"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--alpha with --smoothing vote",
+        lambda w: ["--source", w.file, "-b", w.bundle, "--smoothing", "vote", "--alpha", "0.2"],
+        lambda w: ["--alpha", "ema"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--window with the default ema",
+        lambda w: ["--source", w.file, "-b", w.bundle, "--window", "9"],
+        lambda w: ["--window", "vote"],
+        EXIT_USAGE,
+    ),
+    Case("no --bundle", lambda w: ["--source", w.missing], lambda w: ["--bundle"], EXIT_USAGE),
+]
+CASES["predict-video"] = [
+    Case(
+        "missing video file",
+        lambda w: [w.missing, "-o", _out(w, "pv1"), "-b", w.bundle],
+        lambda w: [w.missing, "does not exist"],
+    ),
+    Case(
+        "not a video",
+        lambda w: [w.file, "-o", _out(w, "pv2"), "-b", w.bundle],
+        lambda w: [w.file, "not a video"],
+    ),
+    Case(
+        "--every 0",
+        lambda w: [w.file, "-o", _out(w, "pv3"), "-b", w.bundle, "--every", "0"],
+        lambda w: ["--every"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--every and --fps together",
+        lambda w: [w.file, "-o", _out(w, "pv4"), "-b", w.bundle, "--every", "2", "--fps", "1"],
+        lambda w: ["--every", "--fps"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "-o is a file",
+        lambda w: [w.file, "-o", w.file, "-b", w.bundle],
+        lambda w: [w.file],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--alpha with the default vote",
+        lambda w: [w.file, "-o", _out(w, "pv5"), "-b", w.bundle, "--alpha", "0.2"],
+        lambda w: ["--alpha", "ema"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--window with --smoothing none",
+        lambda w: [
+            *(w.file, "-o", _out(w, "pv6"), "-b", w.bundle),
+            *("--smoothing", "none", "--window", "3"),
+        ],
+        lambda w: ["--window", "vote"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "no --bundle, checked before the video",
+        lambda w: [w.missing, "-o", _out(w, "pv7")],
+        lambda w: ["--bundle"],
+        EXIT_USAGE,
+    ),
+]
+
+
+def _no_server(w: World) -> str:
+    """The URL of a loopback port nothing listens on."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+_NOT_A_URL = "ftp://example.invalid"
+CASES["client predict"] = [
+    Case("missing image", lambda w: [w.missing], lambda w: [w.missing.name], EXIT_USAGE),
+    Case("image is a folder", lambda w: [w.folder], lambda w: [w.folder.name], EXIT_USAGE),
+    Case("no server", lambda w: [w.file, "--url", _no_server(w)], lambda w: ["cannot reach"]),
+    Case("not an http URL", lambda w: [w.file, "--url", _NOT_A_URL], lambda w: [_NOT_A_URL], 2),
+]
+CASES["client classify"] = [
+    Case("no --labels", lambda w: [w.file], lambda w: ["--labels"], EXIT_USAGE),
+    Case("blank labels", lambda w: [w.file, "--labels", " , "], lambda w: ["--labels"], 2),
+    Case(
+        "no server",
+        lambda w: [w.file, "--labels", "a,b", "--url", _no_server(w)],
+        lambda w: ["cannot reach"],
+    ),
+]
+CASES["client feedback"] = [
+    Case("--wrong without --label", lambda w: ["0" * 32, "--wrong"], lambda w: ["--label"], 2),
+    Case("neither --correct nor --wrong", lambda w: ["0" * 32], lambda w: ["--correct"], 2),
+    Case(
+        "no server",
+        lambda w: ["0" * 32, "--correct", "--url", _no_server(w)],
+        lambda w: ["cannot reach"],
+    ),
+]
+CASES["client model"] = [
+    Case("no server", lambda w: ["--url", _no_server(w)], lambda w: ["cannot reach"]),
+]
+CASES["client health"] = [
+    Case("no server", lambda w: ["--url", _no_server(w)], lambda w: ["cannot reach"]),
+    Case("not an http URL", lambda w: ["--url", _NOT_A_URL], lambda w: [_NOT_A_URL], EXIT_USAGE),
+]
+CASES["ui"] = [
+    Case(
+        "--api-url and --bundle",
+        lambda w: ["--api-url", "http://127.0.0.1:1", "--bundle", w.bundle],
+        lambda w: ["not both"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "not an http URL", lambda w: ["--api-url", _NOT_A_URL], lambda w: [_NOT_A_URL], EXIT_USAGE
+    ),
+    Case("missing bundle folder", lambda w: ["--bundle", w.missing], lambda w: [w.missing]),
+    Case("corrupt manifest", lambda w: ["--bundle", w.corrupt_manifest], lambda w: ["manifest"]),
+    Case(
+        "port already in use",
+        lambda w: ["--bundle", w.bundle, "--port", _busy_port(w)],
+        lambda w: ["already in use", "--port"],
+    ),
+    Case(
+        "--evaluation without --bundle",
+        lambda w: ["--evaluation", w.folder],
+        lambda w: ["--evaluation", "--bundle"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--state-dir without --bundle",
+        lambda w: ["--api-url", "http://127.0.0.1:1", "--state-dir", w.folder],
+        lambda w: ["--state-dir", "--bundle"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--evaluation of another model",
+        lambda w: ["--bundle", w.bundle, "--evaluation", _other_model_evaluation(w)],
+        lambda w: ["--evaluation", "other classes"],
+    ),
+]
+
+CASES["batch"] = [
+    *_bundle_cases(lambda w: [w.photos, "-o", _out(w, "batch1.csv"), "-b"]),
+    Case(
+        "neither --bundle nor --url",
+        lambda w: [w.photos, "-o", _out(w, "batch2.csv")],
+        lambda w: ["--bundle", "--url"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "--bundle and --url together",
+        lambda w: [w.photos, "-o", _out(w, "batch3.csv"), "-b", w.bundle, "--url", "http://x"],
+        lambda w: ["--bundle", "--url"],
+        EXIT_USAGE,
+    ),
+    *(
+        Case(
+            f"--shard {shard}",
+            lambda w, shard=shard: [
+                w.photos,
+                "-o",
+                _out(w, "b4.csv"),
+                "-b",
+                w.bundle,
+                "--shard",
+                shard,
+            ],
+            lambda w: ["--shard", "I/N"],
+            EXIT_USAGE,
+        )
+        for shard in ("3/3", "1", "a/b", "0/0")
+    ),
+    Case(
+        "--workers with --bundle",
+        lambda w: [w.photos, "-o", _out(w, "batch5.csv"), "-b", w.bundle, "--workers", "2"],
+        lambda w: ["--workers", "--url"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "missing source",
+        lambda w: [w.missing, "-o", _out(w, "batch6.csv"), "-b", w.bundle],
+        lambda w: [w.missing, "no such file"],
+    ),
+    Case(
+        "source is a text file",
+        lambda w: [w.file, "-o", _out(w, "batch7.csv"), "-b", w.bundle],
+        lambda w: [w.file, "not a folder, a glob pattern"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "-o has an unknown type",
+        lambda w: [w.photos, "-o", _out(w, "batch.txt"), "-b", w.bundle],
+        lambda w: ["batch.txt", ".csv, .jsonl, .parquet"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "-o x.csv is a folder",
+        lambda w: [w.photos, "-o", w.csv_folder, "-b", w.bundle],
+        lambda w: [w.csv_folder, "folder"],
+    ),
+    Case(
+        "-o is another program's CSV",
+        lambda w: [w.photos, "-o", w.columnless_predictions / "predictions.csv", "-b", w.bundle],
+        lambda w: ["not a clip-har batch output", "--force"],
+    ),
+    Case(
+        "truncated export",
+        lambda w: [w.photos, "-o", _out(w, "batch8.csv"), "-b", w.truncated, "--format", "onnx"],
+        lambda w: ["model.onnx", "truncated"],
+    ),
+]
+CASES["batch-merge"] = [
+    Case(
+        "missing shard output",
+        lambda w: [w.missing.with_suffix(".csv"), "-o", _out(w, "merge1.csv")],
+        lambda w: [w.missing.with_suffix(".csv"), "no such shard output"],
+    ),
+    Case(
+        "shard output of another program",
+        lambda w: [w.columnless_predictions / "predictions.csv", "-o", _out(w, "merge2.csv")],
+        lambda w: ["not a clip-har batch output"],
+    ),
+    Case(
+        "-o has an unknown type",
+        lambda w: [w.columnless_predictions / "predictions.csv", "-o", _out(w, "merge.txt")],
+        lambda w: ["merge.txt", ".csv, .jsonl, .parquet"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "missing --expect source",
+        lambda w: [
+            *(w.columnless_predictions / "predictions.csv", "-o", _out(w, "merge3.csv")),
+            *("--expect", w.missing),
+        ],
+        lambda w: [w.missing],
     ),
 ]
 

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import CLI, make_photo, runnable_commands
 from typer.testing import CliRunner, Result
@@ -112,7 +113,7 @@ def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPa
         ok(invoke("evaluate", "-b", tiny_bundle, "-d", split, "-o", folder, "--split", "all",
                   "--bootstrap", "0", "--tracking", "none"))  # fmt: skip
     params = {}
-    for suffix in ("", ".csv", ".json", ".png"):
+    for suffix in ("", ".csv", ".json", ".png", ".jsonl", ".mp4"):
         params[suffix] = root / f"params{suffix or '.yaml'}"
         params[suffix].write_text("{}\n")  # an empty mapping: valid settings, any name
     return World(root, tiny_bundle, model, photos, root / "manifest", split, evaluations, params)
@@ -186,6 +187,35 @@ def _feedback_inputs(w: World) -> list[str | Path]:
     return ["--database", store / "store.db", "--images", store / "images"]
 
 
+def _batch_output(w: World) -> Path:
+    """``batch/shard.csv``: a ``clip-har batch`` result file of every photo, made once."""
+    shard = w.root / "batch" / "shard.csv"
+    if not shard.is_file():
+        ok(invoke("batch", w.photos, "-o", shard, "-b", w.bundle))
+    return shard
+
+
+def _video(w: World) -> Path:
+    """``videos/clip.mp4``: eight 64x48 frames at 4 fps (mp4v), made once; skips the test
+    when OpenCV (the ``[video]`` extra) is not installed."""
+    cv2 = pytest.importorskip("cv2", reason="video commands need OpenCV (the [video] extra)")
+    video = w.root / "videos" / "clip.mp4"
+    if video.is_file():
+        return video
+    video.parent.mkdir(exist_ok=True)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 4.0, (64, 48))
+    try:
+        for index in range(8):
+            writer.write(np.full((48, 64, 3), 30 * index, dtype=np.uint8))
+    finally:
+        writer.release()
+    return video
+
+
+def _webcam(w: World, *output: str | Path) -> list[str | Path]:
+    return ["--source", _video(w), "-b", w.bundle, "--no-show", "--max-frames", "4", *output]
+
+
 RUNS: dict[tuple[str, str], Run] = {
     ("predict", "--output"): Run(
         lambda w, out: [w.photos, "-b", w.bundle, "-o", out], lambda w: w.photos, ".csv"
@@ -248,6 +278,22 @@ RUNS: dict[tuple[str, str], Run] = {
     ("feedback export", "--output"): Run(
         lambda w, out: [*_feedback_inputs(w), "-o", out], lambda w: _feedback_store(w) / "images"
     ),
+    # an existing batch output is resumed (appended to), not replaced; anything else there
+    # is refused with a hint at --force, which starts over
+    ("batch", "--output"): Run(
+        lambda w, out: [w.photos, "-o", out, "-b", w.bundle], lambda w: w.photos, ".csv"
+    ),
+    ("batch-merge", "--output"): Run(
+        lambda w, out: [_batch_output(w), "-o", out, "--expect", w.photos],
+        lambda w: w.photos,
+        ".csv",
+    ),
+    ("predict-video", "--output"): Run(
+        lambda w, out: [_video(w), "-o", out, "-b", w.bundle, "--every", "2"],
+        lambda w: w.bundle,
+    ),
+    ("webcam", "--output"): Run(lambda w, out: _webcam(w, "-o", out), lambda w: w.bundle, ".mp4"),
+    ("webcam", "--log"): Run(lambda w, out: _webcam(w, "--log", out), lambda w: w.bundle, ".jsonl"),
 }
 
 
@@ -441,6 +487,21 @@ def test_an_output_of_the_wrong_kind_is_a_clear_error(
     result = invoke(*args(world, file))
     _check_refused(result, EXIT_FAILURE, mention)
     assert file.read_text() == "kept\n"
+
+
+def test_the_video_a_command_reads_is_an_input(world: World, tmp_path: Path) -> None:
+    """``webcam --source V -o V`` and ``predict-video V -o DIR-HOLDING-V`` would replace
+    the recording being read (the walk above uses the bundle as their folder input)."""
+    video = _video(world)
+    before = _snapshot(video.parent)
+    for argv in (
+        ["webcam", *_webcam(world, "-o", video)],
+        ["webcam", *_webcam(world, "--log", video)],
+        ["predict-video", video, "-b", world.bundle, "-o", video],
+        ["predict-video", video, "-b", world.bundle, "-o", video.parent],
+    ):
+        _check_refused(invoke(*argv, "--force"), EXIT_USAGE, "input")
+    assert _snapshot(video.parent) == before
 
 
 def test_a_failed_command_leaves_no_partial_output(world: World, tmp_path: Path) -> None:

@@ -123,6 +123,38 @@ def test_a_full_batch_runs_without_waiting_for_max_wait() -> None:
     assert runner.batches == [[0, 1, 2, 3]]
 
 
+def test_a_lone_request_runs_at_once_instead_of_waiting_max_wait() -> None:
+    """Concurrency 1: nothing else is coming, so a 10-minute max_wait is not paid (the run
+    bound would fail the test long before it)."""
+    runner = Runner(gated=False)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher([runner], max_batch_size=32, max_wait_ms=600_000)
+        async with started(batcher):
+            return [await batcher.submit(item(v)) for v in range(3)]
+
+    assert [out.tolist() for out in run(scenario)] == [[0, 0], [2, 2], [4, 4]]
+    assert runner.batches == [[0], [1], [2]]
+
+
+def test_after_a_batch_of_several_a_new_request_waits_for_company() -> None:
+    """Clients answered together come back together: the next request waits to batch."""
+    runner = Runner(gated=False)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher([runner], max_batch_size=2, max_wait_ms=600_000)
+        async with started(batcher):
+            await batcher.submit_many(np.stack([item(0), item(1)]))
+            first = asyncio.create_task(batcher.submit(item(2)))
+            await asyncio.sleep(0.05)  # an eager worker would have taken it by now
+            assert batcher.depth == 1 and batcher.in_flight == 0
+            second = asyncio.create_task(batcher.submit(item(3)))
+            await asyncio.gather(first, second)
+
+    run(scenario)
+    assert runner.batches == [[0, 1], [2, 3]]
+
+
 def test_max_wait_zero_runs_only_what_is_already_queued() -> None:
     runner = Runner(gated=False)
 

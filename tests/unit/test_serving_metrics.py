@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import make_photo
+from conftest import make_photo, wait_ready
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
@@ -286,10 +285,7 @@ def test_metrics_of_a_serving_app_after_predictions(tiny_onnx_bundle: Path, tmp_
     )
     photo = make_photo(tmp_path / "photo.jpg").read_bytes()
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 120  # the model loads and warms up after startup
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the model did not become ready"
-            time.sleep(0.1)
+        wait_ready(client)
         for _ in range(3):
             answer = client.post("/v1/predict", files={"file": ("p.jpg", photo, "image/jpeg")})
             assert answer.status_code == 200, answer.text

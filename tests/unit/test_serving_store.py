@@ -14,7 +14,6 @@ import csv
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import make_photo
+from conftest import make_photo, wait_ready
 from fastapi import FastAPI
 
 from clip_har.data.sources import import_source
@@ -394,10 +393,7 @@ def test_a_store_that_fails_while_logging_answers_503_and_nothing_is_acknowledge
     photo = make_photo(tmp_path / "photo.jpg").read_bytes()
     upload = {"file": ("p.jpg", photo, "image/jpeg")}
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 120  # the model loads and warms up after startup
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the model did not become ready"
-            time.sleep(0.1)
+        wait_ready(client)
         assert client.post("/v1/predict", files=upload).status_code == 200
         client.app.state.services.store.close()  # the database goes away under the service
         with caplog.at_level(logging.INFO):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -26,10 +31,12 @@ from typer.core import TyperArgument, TyperGroup
 
 from clip_har.config import Settings, load_settings
 from clip_har.errors import ClipHarError, ConfigError, UsageError
-from clip_har.inference.formats import REFERENCE_FORMAT, engine_formats
+from clip_har.inference.formats import PRECISIONS, REFERENCE_FORMAT, engine_formats
 
 if TYPE_CHECKING:
     from typer._click.core import Context as ClickContext  # Typer vendors Click
+
+    from clip_har.registry.resolve import ResolvedBundle
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +131,8 @@ _EXTRA_MODULES: dict[str, str] = {
     "scipy matplotlib onnx imagehash",
     "serve": "fastapi starlette uvicorn multipart python_multipart anyio prometheus_client "
     "sqlalchemy psycopg",
-    "ui": "streamlit plotly",
+    "ui": "streamlit plotly streamlit_webrtc",
+    "video": "cv2",
 }
 EXTRA_PACKAGES = {
     module: extra for extra, modules in _EXTRA_MODULES.items() for module in modules.split()
@@ -218,6 +226,100 @@ def model_format_option() -> Any:
         metavar="FORMAT",
         help=f"Model format: {', '.join(engine_formats())} (exports come from the bundle).",
     )
+
+
+def precision_option() -> Any:
+    """``--precision``: the torch format's compute precision (checked on parsing)."""
+    return typer.Option(
+        "fp32",
+        "--precision",
+        parser=one_of(PRECISIONS),
+        metavar="PRECISION",
+        help=f"Compute precision of the torch format: {', '.join(PRECISIONS)} (bf16: autocast, "
+        "about twice as fast on CPUs with AVX512-BF16 or AMX; fp16: CUDA only).",
+    )
+
+
+_ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # where a client on this machine connects
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server listening on ``host``:``port``."""
+    host = _ANY_HOST.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listen(host: str, port: int, option: str = "--port", *, occupant: str = "") -> socket.socket:
+    """A socket bound to ``host``:``port`` as the servers bind theirs (``SO_REUSEADDR``).
+    :class:`ClipHarError` when it cannot be; a port in use names ``option`` to pick another
+    (``occupant``: a guess at what holds it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ClipHarError(f"--host {host}: not an address of this machine ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            guess = f" ({occupant})" if occupant else ""
+            raise ClipHarError(
+                f"port {port} on {host} is already in use{guess}: stop what listens there, "
+                f"or pick another port with {option}"
+            ) from None
+        raise ClipHarError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return listener
+
+
+def check_port_free(host: str, port: int, option: str = "--port", *, occupant: str = "") -> None:
+    """Fail before starting anything when ``host``:``port`` cannot be listened on."""
+    listen(host, port, option, occupant=occupant).close()
+
+
+def run_forwarding_signals(command: list[str], name: str) -> int:
+    """Run server ``command`` in its own process group until it exits, stopping the whole
+    group when this process gets SIGINT (Ctrl-C) or SIGTERM: SIGTERM first, which servers
+    handle as a graceful shutdown (a SIGINT makes uvicorn print a traceback), SIGKILL on a
+    second signal. Returns 130 after Ctrl-C, 0 after SIGTERM, else the server's exit code
+    (128 + N when a signal N ended it); ``name`` is the server in the messages."""
+    server = subprocess.Popen(command, start_new_session=True)
+    received: list[int] = []
+
+    def forward(number: int, frame: FrameType | None) -> None:
+        received.append(number)
+        with contextlib.suppress(ProcessLookupError):  # it has already gone
+            os.killpg(server.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        err_console.print(f"{name} stopped")
+        return EXIT_INTERRUPTED if received[0] == signal.SIGINT else 0
+    if code != 0:
+        err_console.print(f"[red]{escape(name)} exited with code {code}[/red] (its log is above)")
+    return 128 - code if code < 0 else code
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not left at its default)."""
+    # typer vendors its own click: compare the ParameterSource by its name
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
+def chosen_format(resolved: ResolvedBundle, bundle: str, model_format: str, explicit: bool) -> str:
+    """The engine format to run for ``--bundle bundle``: ``model_format`` when given on the
+    command line, else the one a ``models:/`` version serves (its note is printed)."""
+    chosen = resolved.format_for(model_format if explicit else None)
+    if note := resolved.format_note(chosen):
+        err_console.print(escape(f"{bundle}: {note}"))
+    return chosen
 
 
 def drop_none(section: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from rich.table import Table
 from clip_har.cli.common import (
     ProgressBar,
     bundle_option,
+    chosen_format,
     console,
     drop_none,
     err_console,
+    given,
     model_format_option,
     settings_from,
 )
@@ -77,11 +79,7 @@ def evaluate(
     settings = settings_from(ctx, {"train": drop_none({"tracking": tracking})})
     resolved = resolve_registered(bundle, cache_dir=settings.cache_dir)
     folder = resolved.path  # a models:/ version runs the format it serves unless --format says
-    # typer vendors its own click: compare the ParameterSource by its name
-    explicit = getattr(ctx.get_parameter_source("format"), "name", None) == "COMMANDLINE"
-    format = resolved.format_for(format if explicit else None)
-    if note := resolved.format_note(format):
-        err_console.print(escape(f"{bundle}: {note}"), soft_wrap=True)
+    format = chosen_format(resolved, bundle, format, given(ctx, "format"))
     prepare_output(output, kind="dir", inputs=[folder, *manifest_inputs(data)], force=force)
     tracker = create_tracker(
         settings.train.tracking,

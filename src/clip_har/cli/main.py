@@ -35,10 +35,16 @@ if TYPE_CHECKING:
 # order: Typer lists commands before groups
 COMMANDS: dict[str, str] = {
     "predict": "clip_har.cli.predict:predict",
+    "batch": "clip_har.cli.batch:batch",
+    "batch-merge": "clip_har.cli.batch:merge",
+    "predict-video": "clip_har.cli.video:predict_video",
+    "webcam": "clip_har.cli.video:webcam",
     "export": "clip_har.cli.export:export",
     "benchmark": "clip_har.cli.benchmark:benchmark",
     "formats": "clip_har.cli.formats:formats",
     "serve": "clip_har.cli.serve:serve",
+    "ui": "clip_har.cli.ui:ui",
+    "up": "clip_har.cli.up:up",
     "bundle": "clip_har.cli.bundle:app",
     "data": "clip_har.cli.data:app",
     "train": "clip_har.cli.train:app",
@@ -48,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "hub": "clip_har.cli.hub:app",
     "mlflow": "clip_har.cli.mlflow:app",
     "feedback": "clip_har.cli.feedback:app",
+    "client": "clip_har.cli.client:app",
 }
 
 

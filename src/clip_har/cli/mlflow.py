@@ -7,29 +7,26 @@ so runs and registered models logged before the server existed are served too.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 
 import typer
 from rich.markup import escape
 
-from clip_har.cli.common import EXIT_INTERRUPTED, console, err_console
+from clip_har.cli.common import (
+    check_port_free,
+    client_url,
+    console,
+    err_console,
+    run_forwarding_signals,
+)
 from clip_har.errors import ClipHarError
 from clip_har.tracking.mlflow_backend import DEFAULT_ARTIFACTS, DEFAULT_DB
 
 log = logging.getLogger(__name__)
 
 app = typer.Typer(help="A real MLflow tracking and model registry server.", no_args_is_help=True)
-
-_ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # where a client on this machine connects
 
 
 @app.command("serve")
@@ -57,7 +54,7 @@ def serve(
     artifacts = (artifacts_destination or root / DEFAULT_ARTIFACTS).absolute()
     if artifacts.exists() and not artifacts.is_dir():
         raise ClipHarError(f"--artifacts-destination {artifacts} is a file; give a folder")
-    _check_port_free(host, port)
+    check_port_free(host, port, occupant="another MLflow server?")
     command = [
         *(sys.executable, "-m", "mlflow", "server"),
         *("--backend-store-uri", backend),
@@ -71,60 +68,4 @@ def serve(
     )
     console.print(f"export MLFLOW_TRACKING_URI={url}", soft_wrap=True)
     log.info("running %s", " ".join(command))
-    raise typer.Exit(_run_forwarding_signals(command))
-
-
-def client_url(host: str, port: int) -> str:
-    """The URL a client on this machine uses for a server listening on ``host``:``port``."""
-    host = _ANY_HOST.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Fail before starting anything when ``host``:``port`` cannot be listened on."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ClipHarError(f"--host {host}: not an address of this machine ({exc})") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ClipHarError(
-                    f"port {port} on {host} is already in use (another MLflow server?): "
-                    "stop it, or pick another port with --port"
-                ) from None
-            raise ClipHarError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def _run_forwarding_signals(command: list[str]) -> int:
-    """Run ``command`` in its own process group and stop the whole group when this process
-    gets SIGINT (Ctrl-C) or SIGTERM: SIGTERM first, which the server handles as a graceful
-    shutdown (a SIGINT makes uvicorn print a traceback), SIGKILL on a second signal.
-    Returns the exit code to leave with: 130 after Ctrl-C, else the server's (128 + N
-    when a signal N ended it)."""
-    server = subprocess.Popen(command, start_new_session=True)
-    received: list[int] = []
-
-    def forward(number: int, frame: FrameType | None) -> None:
-        received.append(number)
-        with contextlib.suppress(ProcessLookupError):  # it has already gone
-            os.killpg(server.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = server.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received and received[0] == signal.SIGINT:
-        err_console.print("MLflow server stopped")
-        return EXIT_INTERRUPTED
-    if code < 0:
-        return 128 - code
-    if code != 0 and not received:
-        err_console.print(f"[red]mlflow server exited with code {code}[/red] (its log is above)")
-    return code
+    raise typer.Exit(run_forwarding_signals(command, "MLflow server"))

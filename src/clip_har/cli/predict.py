@@ -11,10 +11,13 @@ from clip_har.cli.common import (
     EXIT_PARTIAL,
     ProgressBar,
     bundle_option,
+    chosen_format,
     console,
     drop_none,
     err_console,
+    given,
     model_format_option,
+    precision_option,
     settings_from,
 )
 from clip_har.cli.output import RENDERERS, Rendering, to_csv, to_json, to_table, write_results
@@ -52,6 +55,7 @@ def predict(
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     model_format: str = model_format_option(),
+    precision: str = precision_option(),
     ignore_parity: bool = typer.Option(
         False, "--ignore-parity", help="Use an export even if it failed its parity gate."
     ),
@@ -73,16 +77,12 @@ def predict(
     if bundle is not None:  # a models:/ version runs the format it serves unless --format says
         resolved = resolve_registered(bundle, cache_dir=settings.cache_dir)
         folder = resolved.path
-        # typer vendors its own click: compare the ParameterSource by its name
-        explicit = getattr(ctx.get_parameter_source("model_format"), "name", None) == "COMMANDLINE"
-        model_format = resolved.format_for(model_format if explicit else None)
-        if note := resolved.format_note(model_format):
-            err_console.print(escape(f"{bundle}: {note}"), soft_wrap=True)
+        model_format = chosen_format(resolved, bundle, model_format, given(ctx, "model_format"))
     read = [*inputs, *collected.paths, folder, model, prompts]
     prepare_output(output, suffixes=tuple(RENDERERS), inputs=read, force=force)
 
     if collected.paths:
-        engine = EngineOptions(force=ignore_parity)
+        engine = EngineOptions(force=ignore_parity, precision=precision)
         predictor = _make_predictor(settings, folder, model, labels, prompts, engine, model_format)
         results = _run(predictor, collected)
         title = f"{plural(len(results), 'image')} — model: {predictor.model_label}"
@@ -140,6 +140,7 @@ def _make_predictor(
             revision=settings.model.revision if model is None else None,
             cache_dir=settings.cache_dir,
             options=options,
+            engine_options=engine_options,
         )
 
 

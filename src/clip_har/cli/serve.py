@@ -9,7 +9,6 @@ No torch import here: serving an ONNX bundle loads no torch.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import signal
@@ -27,13 +26,14 @@ from rich.markup import escape
 from clip_har.cli.common import (
     BUNDLE_HELP,
     EXIT_INTERRUPTED,
+    client_url,
     drop_none,
     err_console,
+    listen,
     one_of,
 )
-from clip_har.cli.mlflow import client_url
 from clip_har.errors import ClipHarError, UsageError
-from clip_har.inference.formats import engine_formats
+from clip_har.inference.formats import PRECISIONS, engine_formats
 from clip_har.serving.settings import ENV_PREFIX, ServeSettings
 
 if TYPE_CHECKING:
@@ -88,6 +88,22 @@ def serve(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help=f"Intra-op threads per instance {_env('threads')}"
     ),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        parser=one_of(PRECISIONS),
+        metavar="PRECISION",
+        help=f"Torch format's compute precision: {', '.join(PRECISIONS)} [fp32] "
+        f"{_env('precision')}",
+    ),
+    evaluation: Path | None = typer.Option(
+        None,
+        "--evaluation",
+        metavar="DIR",
+        help="A `clip-har evaluate` output of the bundle, served on /v1/model and "
+        "/v1/model/report; a models:/ version serves its registered one by default "
+        f"{_env('evaluation')}",
+    ),
     store_images: Path | None = typer.Option(
         None,
         "--store-images",
@@ -120,6 +136,8 @@ def serve(
             "max_queue": max_queue,
             "instances": instances,
             "threads": threads,
+            "precision": precision,
+            "evaluation": evaluation,
             "store_images": store_images,
             "model_name": model_name,
         }
@@ -128,8 +146,13 @@ def serve(
     if settings.bundle is None:
         raise UsageError(f"no bundle to serve: pass --bundle or set {ENV_PREFIX}BUNDLE")
     _check_bundle(settings.bundle, settings.format)
+    if settings.evaluation is not None:  # of another model: refused before the server starts
+        from clip_har.serving.evaluation import check_evaluation_option
+
+        check_evaluation_option(settings.bundle, settings.evaluation)
     _check_store(settings)
-    listener = _listen(settings.host, settings.port)
+    listener = listen(settings.host, settings.port)  # before the model loads
+    listener.set_inheritable(True)
     _show_logs()
 
     import uvicorn
@@ -266,29 +289,6 @@ def _check_store(settings: ServeSettings) -> None:
     from clip_har.serving.store import PredictionStore
 
     PredictionStore.from_settings(settings).close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host``:``port``, before the model loads (clear error if taken)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ClipHarError(f"--host {host}: not an address of this machine ({exc})") from None
-    family, kind, proto, _, address = infos[0]
-    listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(address)
-    except OSError as exc:
-        listener.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ClipHarError(
-                f"port {port} on {host} is already in use: stop what listens there, "
-                "or pick another port with --port"
-            ) from None
-        raise ClipHarError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    listener.set_inheritable(True)
-    return listener
 
 
 def _show_logs() -> None:

@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 
 from clip_har.errors import ClipHarError, EvaluationError
-from clip_har.evaluation import BOOTSTRAP_RESAMPLES
+from clip_har.evaluation import BOOTSTRAP_RESAMPLES, DETAILS_FILE, PREDICTIONS_FILE
 from clip_har.evaluation.compare import compare_predictions
 from clip_har.evaluation.metrics import EvalArrays
 from clip_har.evaluation.provenance import NOT_RECORDED, EvaluationSource
-from clip_har.evaluation.run import DETAILS_FILE, PREDICTIONS_FILE
 from clip_har.io import (
     REPORT_CSS,
     esc,

@@ -11,7 +11,6 @@ from typing import Any
 
 from clip_har.data.manifest import manifest_path
 from clip_har.io import file_sha256
-from clip_har.models.backbone import backbone_label
 from clip_har.models.bundle import Manifest
 
 __all__ = [
@@ -106,6 +105,8 @@ class EvaluationSource:
     @property
     def backbone_label(self) -> str:
         """The backbone spec, flagged when its weights are random."""
+        from clip_har.models.backbone import backbone_label  # torch: not for the service
+
         return backbone_label(self.backbone, self.random_weights)
 
     @property

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from clip_har.errors import EvaluationError
+from clip_har.evaluation import DETAILS_FILE, METRICS_FILE, PREDICTIONS_FILE
 from clip_har.evaluation.provenance import EvaluationSource, training_strategy
-from clip_har.evaluation.run import DETAILS_FILE, METRICS_FILE, PREDICTIONS_FILE
 from clip_har.io import read_text_input
 from clip_har.models.bundle import Manifest
 

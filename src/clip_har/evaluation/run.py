@@ -18,7 +18,12 @@ import pandas as pd
 
 from clip_har.data.manifest import read_manifest
 from clip_har.errors import ClipHarError, EvaluationError, UsageError
-from clip_har.evaluation import BOOTSTRAP_RESAMPLES
+from clip_har.evaluation import (  # the file names live there, for readers without torch
+    BOOTSTRAP_RESAMPLES,
+    DETAILS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+)
 from clip_har.evaluation.metrics import EvalArrays, compute_metrics, summary
 from clip_har.evaluation.plots import write_plots
 from clip_har.evaluation.provenance import EvaluationSource
@@ -31,9 +36,6 @@ from clip_har.tracking import Tracker
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-METRICS_FILE = "metrics.json"  # flat scalars + per-class scores: what `dvc metrics` reads
-DETAILS_FILE = "metrics_full.json"  # everything, confusion matrices and reliability included
-PREDICTIONS_FILE = "predictions.csv"
 PREDICTION_COLUMNS = ("path", "sha256", "label", "predicted", "confidence", "correct", "error")
 DEFAULT_SPLIT = "test"  # evaluated when none is named and the manifest has splits
 ALL_SPLITS = "all"  # --split all: every row

@@ -6,6 +6,12 @@ arrived within ``max_wait_ms`` of the oldest waiting one, stack them, and run th
 engine call in a thread so the event loop keeps serving. Each item's output row goes back
 to the request that submitted it.
 
+The wait is adaptive: a free worker waits for company only when the previous batch held
+several items (clients answered together tend to come back together). A lone request, at
+concurrency 1 or after a quiet spell, runs at once instead of paying the whole wait; under
+load batches form as before (Triton's rule). Items that arrive while a batch runs form the
+next batch either way.
+
 What a service relies on:
 
 * **Load shedding.** A full queue refuses at once (:class:`QueueFullError`, with a
@@ -144,6 +150,7 @@ class DynamicBatcher:
         self._running: dict[int, list[_Item]] = {}  # worker -> its running batch
         self._calls: set[concurrent.futures.Future[tuple[np.ndarray, float]]] = set()
         self._batch_seconds: deque[float] = deque(maxlen=_RECENT_BATCHES)
+        self._last_batch_size = 0  # > 1: company is expected, so the next batch waits
         self._wakeup = asyncio.Event()  # set when items arrive
         self._idle = asyncio.Event()  # set when nothing waits and nothing runs
         self._idle.set()
@@ -364,14 +371,15 @@ class DynamicBatcher:
                 await self._run(index, batch)
 
     async def _collect(self) -> list[_Item]:
-        """Wait for the first item, then until the batch is full or the oldest item's
-        ``max_wait`` is over; take the batch."""
+        """Wait for the first item, then (when the previous batch held several items) until
+        the batch is full or the oldest item's ``max_wait`` is over; take the batch."""
         while True:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             remaining = self._queue[0].submitted + self._max_wait - time.monotonic()
-            if len(self._queue) >= self._max_batch_size or remaining <= 0:
+            full = len(self._queue) >= self._max_batch_size
+            if full or remaining <= 0 or self._last_batch_size <= 1:
                 return self._take()
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # 3.10: not the builtin
@@ -402,6 +410,7 @@ class DynamicBatcher:
                 batch.append(item)
         self._queue.extendleft(reversed(kept))
         self._in_flight += len(batch)
+        self._last_batch_size = len(batch)
         if expired:
             self._report_expired(expired)
         self._update_idle()

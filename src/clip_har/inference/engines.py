@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ClipHarError, UsageError
 from clip_har.inference.formats import (
     REFERENCE_FORMAT,
     Engine,
@@ -37,6 +37,11 @@ def create_engine(
 ) -> Engine:
     """The engine for ``format`` over ``bundle``; unknown formats list the known ones."""
     options = options or EngineOptions()
+    if format != REFERENCE_FORMAT and options.precision != "fp32":
+        raise UsageError(
+            f"precision {options.precision} applies to the {REFERENCE_FORMAT} format only: an "
+            f"export's precision is fixed when it is built (e.g. onnx-int8), not '{format}'"
+        )
     if format == REFERENCE_FORMAT:
         from clip_har.inference.torch_engine import TorchEngine
 

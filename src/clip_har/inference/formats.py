@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from clip_har.devices import parse_device
-from clip_har.errors import BundleError, ClipHarError, RegistryError
+from clip_har.errors import BundleError, ClipHarError, RegistryError, UsageError
 from clip_har.inference.signature import IMAGE_SIGNATURE, TEXT_SIGNATURE, Signature
 from clip_har.io import noun_form
 
@@ -28,6 +28,9 @@ Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["onnxruntime", "torchscript", "tensorrt"]
 
 REFERENCE_FORMAT = "torch"  # the bundle's own classifier, run eagerly: not an export
+# compute precisions of the torch format (autocast); fp32 is the reference every export's
+# parity is measured against, and an export's own precision is fixed when it is built
+PRECISIONS = ("fp32", "bf16", "fp16")
 TEXT_FORMAT = "text-onnx"  # the exported text encoder behind open-vocabulary ONNX engines
 TOKENIZER_FILE = "tokenizer.json"
 # what a registered version and the server run when no format is named, best first
@@ -52,10 +55,15 @@ class EngineOptions:
     # ONNX Runtime providers in priority order, e.g. ("TensorrtExecutionProvider",
     # "CUDAExecutionProvider", "CPUExecutionProvider"); empty = chosen from ``device``
     providers: tuple[str, ...] = ()
+    precision: str = "fp32"  # the torch format's compute precision, one of PRECISIONS
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ClipHarError(f"threads must be at least 1, got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"unknown precision '{self.precision}' (choose from {', '.join(PRECISIONS)})"
+            )
         # canonical name ("cuda:0", never " cuda"); raises UsageError naming the accepted ones
         object.__setattr__(self, "device", str(parse_device(self.device)))
 

@@ -86,12 +86,15 @@ class PredictOptions:
 class OpenVocabulary:
     """Builds zero-shot engines for arbitrary labels, caching text embeddings (LRU)."""
 
-    def __init__(self, backbone: Backbone, prompts: PromptSet) -> None:
+    def __init__(
+        self, backbone: Backbone, prompts: PromptSet, engine_options: EngineOptions | None = None
+    ) -> None:
         from clip_har.models.classifier import TextEmbeddingCache
 
         self.backbone = backbone
         self.prompts = prompts
         self.cache = TextEmbeddingCache(backbone)
+        self.engine_options = engine_options or EngineOptions()  # device and precision
 
     def engine_for(self, labels: Sequence[str], prompts: PromptSet | None = None) -> TorchEngine:
         from clip_har.inference.torch_engine import TorchEngine
@@ -100,7 +103,8 @@ class OpenVocabulary:
         classifier = build_zero_shot_classifier(
             self.backbone, labels, prompts or self.prompts, self.cache
         )
-        return TorchEngine(classifier, self.backbone)
+        options = self.engine_options
+        return TorchEngine(classifier, self.backbone, options.device, options.precision)
 
 
 class OnnxOpenVocabulary:
@@ -182,7 +186,9 @@ class Predictor:
             from clip_har.inference.torch_engine import TorchEngine  # loaded by the engine
 
             if isinstance(engine, TorchEngine) and engine.backbone is not None:
-                vocabulary = OpenVocabulary(engine.backbone, bundle.manifest.prompts)
+                vocabulary = OpenVocabulary(
+                    engine.backbone, bundle.manifest.prompts, engine_options
+                )
         elif (
             format != REFERENCE_FORMAT
             and get_format(format).runtime == get_format(TEXT_FORMAT).runtime
@@ -210,13 +216,20 @@ class Predictor:
         revision: str | None = None,
         cache_dir: Path | None = None,
         options: PredictOptions | None = None,
+        engine_options: EngineOptions | None = None,
     ) -> Predictor:
-        """Zero-shot over ``labels`` straight from a backbone, no bundle needed."""
+        """Zero-shot over ``labels`` straight from a backbone, no bundle needed (the torch
+        format: ``engine_options`` gives its device, precision and threads)."""
         from clip_har.models.backbone import load_backbone
 
+        engine_options = engine_options or EngineOptions()
+        if engine_options.threads is not None:
+            import torch
+
+            torch.set_num_threads(engine_options.threads)
         backbone = load_backbone(spec, revision=revision, cache_dir=cache_dir)
         prompt_set = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts)
-        vocabulary = OpenVocabulary(backbone, prompt_set)
+        vocabulary = OpenVocabulary(backbone, prompt_set, engine_options)
         return cls(
             vocabulary.engine_for(labels),
             backbone.image_config,

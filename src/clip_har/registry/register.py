@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from clip_har.errors import ImageLoadError
+from clip_har.evaluation import PREDICTIONS_FILE
 from clip_har.evaluation.record import read_evaluation
-from clip_har.evaluation.run import PREDICTIONS_FILE
 from clip_har.imaging import load_image
 from clip_har.imaging.loading import DEFAULT_MIN_SIDE
 from clip_har.inference.formats import REFERENCE_FORMAT, best_served_format

@@ -39,10 +39,12 @@ from clip_har.registry.store import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "registry"  # under the clip-har cache root
+EVALUATION_SUFFIX = ".evaluation"  # a version's registered evaluation: <VERSION>.evaluation
 _MLMODEL = "MLmodel"
 _PYFUNC = "python_function"
 
@@ -54,6 +56,7 @@ class ResolvedBundle:
 
     path: Path
     served_format: str | None = None
+    evaluation: Path | None = None  # the registered evaluation (``with_evaluation``)
 
     def format_for(self, requested: str | None) -> str:
         """The format to run: ``requested`` (an explicit ``--format``) when given, else the
@@ -78,9 +81,12 @@ def resolve_bundle(reference: str | Path, *, cache_dir: Path) -> Path:
     return resolve_registered(reference, cache_dir=cache_dir).path
 
 
-def resolve_registered(reference: str | Path, *, cache_dir: Path) -> ResolvedBundle:
+def resolve_registered(
+    reference: str | Path, *, cache_dir: Path, with_evaluation: bool = False
+) -> ResolvedBundle:
     """The bundle folder ``reference`` names and, for a ``models:/`` reference, the format
-    the registered version serves.
+    the registered version serves; ``with_evaluation``: also the evaluation registered
+    with that version, cached beside it (:func:`registered_evaluation`).
 
     Raises :class:`ModelRegistryError` for an unknown model, version or alias, an
     unreachable store, a version that is not a clip-har pyfunc model, or a download whose
@@ -104,7 +110,37 @@ def resolve_registered(reference: str | Path, *, cache_dir: Path) -> ResolvedBun
                 _download(client, uri, ModelRef(ref.name, version), target)
     else:
         log.info("models:/%s is version %d, cached in %s", ref, version, target)
-    return ResolvedBundle(target, served)
+    evaluation = registered_evaluation(client, found, target) if with_evaluation else None
+    return ResolvedBundle(target, served, evaluation)
+
+
+def registered_evaluation(client: MlflowClient, version: ModelVersion, bundle: Path) -> Path | None:
+    """The evaluation registered with ``version`` (``registry register --evaluation``),
+    cached in ``<bundle>.evaluation`` beside its cached ``bundle`` and downloaded on first
+    use; None when it was registered without one, or when it cannot be fetched (a
+    warning: the model itself is sound)."""
+    from clip_har.registry.lineage import evaluation_artifact
+
+    artifact = evaluation_artifact(version)
+    if artifact is None or not version.run_id:
+        return None
+    target = bundle.with_name(f"{bundle.name}{EVALUATION_SUFFIX}")
+    with file_lock(bundle.parent):
+        if not target.is_dir():  # published whole (replace_directory) or not at all
+            try:
+                with staging_directory(target) as staging:
+                    path = client.download_artifacts(version.run_id, artifact, str(staging))
+                    replace_directory(path, target)
+            except Exception as exc:  # mlflow raises many types: a lost run, the server
+                log.warning(
+                    "cannot fetch the evaluation of %s/%s (run %s); going on without it: %s",
+                    version.name,
+                    version.version,
+                    version.run_id,
+                    _first_line(exc),
+                )
+                return None
+    return target
 
 
 def cache_path(cache_dir: Path, uri: str, name: str, version: int) -> Path:

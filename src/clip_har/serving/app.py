@@ -25,6 +25,7 @@ from clip_har.serving import (
     routes_admin,
     routes_feedback,
     routes_health,
+    routes_stats,
     routes_v1,
     routes_v2,
 )
@@ -44,6 +45,7 @@ TAGS = [
     {"name": "health", "description": "Liveness and readiness (Kubernetes probes)."},
     {"name": "v1", "description": "The friendly REST API: predict, batch, classify, model."},
     {"name": "feedback", "description": "Feedback on logged predictions."},
+    {"name": "stats", "description": "The prediction log over time (monitoring)."},
     {"name": "admin", "description": "Hot reload (admin key)."},
     {
         "name": "v2 (Open Inference Protocol)",
@@ -115,6 +117,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_v1.router)
     app.include_router(routes_feedback.router)
+    app.include_router(routes_stats.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_v2.router)
     app.include_router(metrics.router)

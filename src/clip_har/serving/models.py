@@ -36,6 +36,7 @@ from clip_har.errors import (
     BundleError,
     ClipHarError,
     DeadlineExceededError,
+    EvaluationError,
     QueueFullError,
 )
 from clip_har.inference.batcher import BatchRecord, DynamicBatcher
@@ -43,8 +44,9 @@ from clip_har.inference.engines import EngineOptions
 from clip_har.inference.formats import best_served_format
 from clip_har.inference.predictor import Predictor
 from clip_har.io import file_sha256, plural
-from clip_har.models.bundle import MANIFEST, open_bundle
+from clip_har.models.bundle import MANIFEST, Manifest, open_bundle
 from clip_har.models.prompts import PromptSet
+from clip_har.serving.evaluation import ServedEvaluation, load_evaluation
 from clip_har.serving.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -61,7 +63,8 @@ SHORT_HASH = 12  # hex digits of the manifest hash that version a bundle with no
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What is served: identity (name, version, alias, source), format and the manifest."""
+    """What is served: identity (name, version, alias, source), format, the manifest and
+    the model's evaluation when it has one (loaded and swapped with it)."""
 
     name: str
     version: str
@@ -75,6 +78,7 @@ class ModelInfo:
     metrics: dict[str, float]
     parity: dict[str, Any]
     loaded_at: str
+    evaluation: ServedEvaluation | None = field(default=None, repr=False)
 
     def labels(self) -> dict[str, str]:
         """The metric labels of this model: ``{"model": name, "version": version}``."""
@@ -270,11 +274,12 @@ class _Resolved:
     name: str | None = None
     version: str | None = None
     alias: str | None = None
+    evaluation: Path | None = None  # the evaluation registered with the version
 
 
-def _resolve(source: str) -> _Resolved:
+def _resolve(source: str, *, with_evaluation: bool = False) -> _Resolved:
     """The bundle folder of ``source`` (a folder or a models:/ URI), downloading a
-    registered version on first use."""
+    registered version on first use (and, ``with_evaluation``, its registered evaluation)."""
     from clip_har.config import load_settings
     from clip_har.registry.resolve import resolve_registered
     from clip_har.registry.store import is_model_uri, parse_ref
@@ -285,9 +290,38 @@ def _resolve(source: str) -> _Resolved:
             raise BundleError(f"{source}: no such bundle folder")
         return _Resolved(path, None)
     ref = parse_ref(source)
-    resolved = resolve_registered(source, cache_dir=load_settings().cache_dir)
+    resolved = resolve_registered(
+        source, cache_dir=load_settings().cache_dir, with_evaluation=with_evaluation
+    )
     # the cache keeps a version at .../<NAME>/<VERSION> (registry.resolve.cache_path)
-    return _Resolved(resolved.path, resolved.served_format, ref.name, resolved.path.name, ref.alias)
+    return _Resolved(
+        resolved.path,
+        resolved.served_format,
+        ref.name,
+        resolved.path.name,
+        ref.alias,
+        resolved.evaluation,
+    )
+
+
+def _evaluation(
+    source: str, resolved: _Resolved, manifest: Manifest, settings: ServeSettings
+) -> ServedEvaluation | None:
+    """The evaluation served with ``source``: ``settings.evaluation`` for the configured
+    source (one of another model raises :class:`EvaluationError`, so the load fails and a
+    reload keeps the old model), else the one registered with a models:/ version (one that
+    does not check out is left out, with a warning), else none."""
+    if settings.evaluation is not None and source == settings.bundle:
+        return load_evaluation(settings.evaluation, manifest, str(settings.evaluation))
+    if resolved.evaluation is None:
+        return None
+    try:
+        return load_evaluation(
+            resolved.evaluation, manifest, f"{source} (registered version {resolved.version})"
+        )
+    except EvaluationError as exc:
+        logger.warning("serving %s without its registered evaluation: %s", source, exc)
+        return None
 
 
 def current_alias_version(source: str) -> str | None:
@@ -312,15 +346,17 @@ def load_served_model(
 ) -> ServedModel:
     """Resolve ``source``, build ``settings.instances`` engine sessions and warm every one
     (blocking; run it in a worker thread)."""
-    resolved = _resolve(source)
+    explicit = settings.evaluation is not None and source == settings.bundle
+    resolved = _resolve(source, with_evaluation=not explicit)
     bundle = open_bundle(resolved.path)
+    evaluation = _evaluation(source, resolved, bundle.manifest, settings)
     if settings.format is not None:
         model_format = settings.format
     elif resolved.served_format is not None:
         model_format = resolved.served_format
     else:
         model_format = best_served_format(bundle)
-    options = EngineOptions(threads=settings.threads)
+    options = EngineOptions(threads=settings.threads, precision=settings.precision)
     predictors = [
         Predictor.from_bundle(resolved.path, model_format, engine_options=options)
         for _ in range(settings.instances)
@@ -342,6 +378,7 @@ def load_served_model(
             for name, record in manifest.exports.items()
         },
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        evaluation=evaluation,
     )
     served = ServedModel(info, predictors, settings, metrics)
     started = time.perf_counter()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -17,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from clip_har.errors import ApiError, InvalidFeedbackError, UnknownPredictionError
 from clip_har.serving.auth import require_api_key
-from clip_har.serving.schemas import error_responses
+from clip_har.serving.schemas import FeedbackResponse, FeedbackStatsResponse, error_responses
 from clip_har.serving.state import Services, services
-from clip_har.serving.store import COMMENT_LENGTH, FeedbackStats
+from clip_har.serving.store import COMMENT_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -68,78 +67,6 @@ class FeedbackRequest(BaseModel):
         if not self.correct and self.label is None:
             raise ValueError("correct=false needs the right label in 'label'")
         return self
-
-
-class FeedbackResponse(BaseModel):
-    """The feedback as stored."""
-
-    feedback_id: str = Field(description="Id of the stored feedback.")
-    prediction_id: str
-    correct: bool
-    label: str | None = Field(description="The right label (the predicted one when correct).")
-    created_at: datetime = Field(description="When the feedback was stored (UTC).")
-
-
-class GroupCounts(BaseModel):
-    """Reviewed predictions of one group; a prediction reviewed several times counts once,
-    with its latest feedback."""
-
-    reviewed: int
-    correct: int
-    incorrect: int
-    accuracy: float | None = Field(description="correct / reviewed; null when none reviewed.")
-
-
-class ModelCounts(GroupCounts):
-    """:class:`GroupCounts` of one model version."""
-
-    model_name: str
-    model_version: str
-
-
-class FeedbackStatsResponse(BaseModel):
-    """What the feedback says about the service's predictions."""
-
-    predictions: int = Field(description="Predictions logged.")
-    feedback_rows: int = Field(description="Feedback rows stored (all of them).")
-    total: int = Field(description="Predictions with feedback (each counted once).")
-    correct: int
-    incorrect: int
-    accuracy: float | None = Field(description="correct / total; null when total is 0.")
-    by_label: dict[str, GroupCounts] = Field(description="By predicted label.")
-    by_model: list[ModelCounts] = Field(description="By model name and version.")
-
-    @classmethod
-    def of(cls, stats: FeedbackStats) -> FeedbackStatsResponse:
-        """The answer for ``stats``."""
-        return cls(
-            predictions=stats.predictions,
-            feedback_rows=stats.feedback_rows,
-            total=stats.total,
-            correct=stats.correct,
-            incorrect=stats.incorrect,
-            accuracy=stats.accuracy,
-            by_label={
-                label: GroupCounts(
-                    reviewed=group.reviewed,
-                    correct=group.correct,
-                    incorrect=group.incorrect,
-                    accuracy=group.accuracy,
-                )
-                for label, group in stats.by_label.items()
-            },
-            by_model=[
-                ModelCounts(
-                    model_name=group.model_name,
-                    model_version=group.model_version,
-                    reviewed=group.reviewed,
-                    correct=group.correct,
-                    incorrect=group.incorrect,
-                    accuracy=group.accuracy,
-                )
-                for group in stats.by_model
-            ],
-        )
 
 
 @router.post(

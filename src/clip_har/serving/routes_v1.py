@@ -1,4 +1,5 @@
-"""The friendly REST API: /v1/predict, /v1/predict/batch, /v1/classify, /v1/labels, /v1/model.
+"""The friendly REST API: /v1/predict, /v1/predict/batch, /v1/classify, /v1/labels, /v1/model,
+/v1/model/report.
 
 Each prediction route takes multipart/form-data (file uploads) or JSON (base64 images); the
 route reads the content type itself, and ``openapi_extra`` documents both bodies. Every
@@ -20,6 +21,7 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
@@ -618,3 +620,28 @@ async def model_info(svc: Services = Depends(services)) -> ModelResponse:
     return ModelResponse(
         **ServedModelInfo.of(info).model_dump(), registry=registry, ready=svc.models.ready
     )
+
+
+@router.get(
+    "/model/report",
+    response_class=HTMLResponse,
+    summary="The served model's evaluation report (self-contained HTML)",
+    responses={
+        200: {"content": {"text/html": {}}, "description": "The report of `clip-har evaluate`"},
+        **error_responses(401, 404, 503),
+    },
+)
+async def model_report(svc: Services = Depends(services)) -> HTMLResponse:
+    """The HTML report of the evaluation served with the model; 404 ``no_evaluation`` when
+    the model has no evaluation, or its evaluation folder has no report."""
+    info = _current_info(svc)
+    evaluation = info.evaluation
+    if evaluation is None or evaluation.report_html is None:
+        why = "has no evaluation" if evaluation is None else "has an evaluation without a report"
+        raise ApiError(
+            404,
+            "no_evaluation",
+            f"model {info.name} version {info.version} {why}: serve it with "
+            "--evaluation DIR (a `clip-har evaluate` output of it), or register it with one",
+        )
+    return HTMLResponse(evaluation.report_html)

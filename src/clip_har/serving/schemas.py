@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 if TYPE_CHECKING:
     from clip_har.serving.models import ModelInfo
+    from clip_har.serving.store import FeedbackStats, PredictionStats, StatsBucket
 
 # --------------------------------------------------------------------------- errors
 
@@ -207,6 +209,25 @@ class RegistryRef(BaseModel):
     alias: str | None = None
 
 
+class ModelEvaluation(BaseModel):
+    """The served model's evaluation (a `clip-har evaluate` output of it)."""
+
+    origin: str = Field(
+        description="Where it came from: the --evaluation folder, or the models:/ reference "
+        "whose registered evaluation it is."
+    )
+    metrics: dict[str, float] = Field(description="Its scalar metrics (accuracy, macro_f1, ...).")
+    class_names: list[str] = Field(description="The order of the confusion matrix's axes.")
+    confusion_matrix: list[list[int]] = Field(
+        description="Image counts: row = true class, column = predicted class."
+    )
+    n_images: int = Field(description="Images it scored.")
+    data: str | None = Field(None, description="The data manifest it evaluated on.")
+    split: str | None = Field(None, description="The split evaluated; null: every row.")
+    format: str | None = Field(None, description="The engine format it ran.")
+    has_report: bool = Field(description="Whether GET /v1/model/report has its HTML report.")
+
+
 class ServedModelInfo(BaseModel):
     """A served model's identity, format and manifest."""
 
@@ -222,6 +243,9 @@ class ServedModelInfo(BaseModel):
     metrics: dict[str, float]
     parity: dict[str, Any]
     loaded_at: str
+    evaluation: ModelEvaluation | None = Field(
+        None, description="The model's evaluation, when the service has one (see --evaluation)."
+    )
 
     @classmethod
     def of(cls, info: ModelInfo) -> ServedModelInfo:
@@ -230,7 +254,116 @@ class ServedModelInfo(BaseModel):
 
 
 class ModelResponse(ServedModelInfo):
-    """The served model: manifest, registry version/alias, metrics, format and parity."""
+    """The served model: manifest, registry version/alias, metrics, format, parity and its
+    evaluation (metrics and confusion matrix) when it has one."""
 
     registry: RegistryRef | None = Field(description="Set when served from the model registry.")
     ready: bool
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+class LatencyPercentiles(BaseModel):
+    """Logged latency percentiles in milliseconds (null when there are no predictions)."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class PredictionStatsBucket(BaseModel):
+    """The predictions of one time bucket ``[start, start + bucket_seconds)``."""
+
+    start: datetime = Field(description="Start of the bucket (UTC, on a whole bucket boundary).")
+    count: int = Field(description="Predictions logged in the bucket (0 for an empty one).")
+    by_label: dict[str, int] = Field(
+        description="Predictions per predicted label (labels without any are left out)."
+    )
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    latency_ms_p99: float | None
+    mean_confidence: float | None = Field(description="Null for an empty bucket.")
+    reviewed: int = Field(description="Predictions of the bucket with feedback (latest counts).")
+    correct: int = Field(description="Reviewed predictions that were right.")
+    accuracy: float | None = Field(description="correct / reviewed; null when none reviewed.")
+
+    @classmethod
+    def of(cls, bucket: StatsBucket) -> PredictionStatsBucket:
+        """The answer's form of ``bucket`` (its latency percentiles as flat fields)."""
+        fields = dataclasses.asdict(bucket)
+        latency = fields.pop("latency_ms")
+        return cls.model_validate(fields | {f"latency_ms_{k}": v for k, v in latency.items()})
+
+
+class PredictionStatsResponse(BaseModel):
+    """Predictions logged in a time window, overall and per time bucket (monitoring)."""
+
+    since: datetime = Field(description="Start of the window (UTC): until minus hours.")
+    until: datetime = Field(description="End of the window (UTC): the time of the request.")
+    bucket_seconds: int
+    model_version: str | None = Field(description="The model version filter, if any.")
+    total: int = Field(description="Predictions logged in the window.")
+    by_label: dict[str, int] = Field(description="Predictions per predicted label.")
+    latency_ms: LatencyPercentiles
+    mean_confidence: float | None = Field(description="Null when there are no predictions.")
+    reviewed: int = Field(description="Predictions of the window with feedback (latest counts).")
+    correct: int
+    accuracy: float | None = Field(description="correct / reviewed; null when none reviewed.")
+    buckets: list[PredictionStatsBucket] = Field(
+        description="Every bucket overlapping the window, oldest first, empty ones included."
+    )
+
+    @classmethod
+    def of(cls, stats: PredictionStats) -> PredictionStatsResponse:
+        """The answer for ``stats``."""
+        buckets = [PredictionStatsBucket.of(bucket) for bucket in stats.buckets]
+        return cls.model_validate(dataclasses.asdict(stats) | {"buckets": buckets})
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+class FeedbackResponse(BaseModel):
+    """The feedback as stored."""
+
+    feedback_id: str = Field(description="Id of the stored feedback.")
+    prediction_id: str
+    correct: bool
+    label: str | None = Field(description="The right label (the predicted one when correct).")
+    created_at: datetime = Field(description="When the feedback was stored (UTC).")
+
+
+class GroupCounts(BaseModel):
+    """Reviewed predictions of one group; a prediction reviewed several times counts once,
+    with its latest feedback."""
+
+    reviewed: int
+    correct: int
+    incorrect: int
+    accuracy: float | None = Field(description="correct / reviewed; null when none reviewed.")
+
+
+class ModelCounts(GroupCounts):
+    """:class:`GroupCounts` of one model version."""
+
+    model_name: str
+    model_version: str
+
+
+class FeedbackStatsResponse(BaseModel):
+    """What the feedback says about the service's predictions."""
+
+    predictions: int = Field(description="Predictions logged.")
+    feedback_rows: int = Field(description="Feedback rows stored (all of them).")
+    total: int = Field(description="Predictions with feedback (each counted once).")
+    correct: int
+    incorrect: int
+    accuracy: float | None = Field(description="correct / total; null when total is 0.")
+    by_label: dict[str, GroupCounts] = Field(description="By predicted label.")
+    by_model: list[ModelCounts] = Field(description="By model name and version.")
+
+    @classmethod
+    def of(cls, stats: FeedbackStats) -> FeedbackStatsResponse:
+        """The answer for ``stats``."""
+        return cls.model_validate(dataclasses.asdict(stats))

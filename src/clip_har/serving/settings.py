@@ -7,7 +7,7 @@ API keys come from the environment or a file only, never from the command line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,7 +41,15 @@ class ServeSettings(BaseSettings):
         None,
         description="Name served on /v2/models/{name}; default: the registered or bundle name.",
     )
+    evaluation: Path | None = Field(
+        None,
+        description="A `clip-har evaluate` output of the bundle, served on /v1/model (a "
+        "models:/ version serves the evaluation registered with it unless this is given).",
+    )
     threads: int | None = Field(None, ge=1, description="Intra-op threads per instance.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Compute precision of the torch format (bf16/fp16: autocast)."
+    )
     alias_poll_s: float = Field(
         30.0, ge=0, description="Seconds between checks of a models:/NAME@ALIAS target; 0 = never."
     )

@@ -163,6 +163,47 @@ class ExportSummary:
     conflicts: int  # images corrected to different labels (the latest feedback wins)
 
 
+@dataclass(frozen=True)
+class LatencySummary:
+    """Percentiles of latency in milliseconds (``None`` when there are no predictions)."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True)
+class StatsBucket:
+    """The predictions of one time bucket ``[start, start + bucket_seconds)``."""
+
+    start: datetime  # UTC, a whole multiple of bucket_seconds since the epoch
+    count: int
+    by_label: dict[str, int]  # predicted label -> predictions (labels with none left out)
+    latency_ms: LatencySummary
+    mean_confidence: float | None
+    reviewed: int  # predictions of the bucket with feedback (latest feedback counts)
+    correct: int
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class PredictionStats:
+    """Predictions logged in ``[since, until]``, overall and per time bucket."""
+
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    model_version: str | None
+    total: int
+    by_label: dict[str, int]
+    latency_ms: LatencySummary
+    mean_confidence: float | None
+    reviewed: int
+    correct: int
+    accuracy: float | None
+    buckets: list[StatsBucket]
+
+
 def _accuracy(correct: int, reviewed: int) -> float | None:
     return correct / reviewed if reviewed else None
 
@@ -525,6 +566,34 @@ class PredictionStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the prediction store: {reason(exc)}") from None
 
+    async def prediction_stats(
+        self,
+        since: datetime,
+        until: datetime,
+        bucket_seconds: int,
+        model_version: str | None = None,
+    ) -> PredictionStats:
+        """:func:`read_prediction_stats` in a worker thread."""
+        return await asyncio.to_thread(
+            self.prediction_stats_now, since, until, bucket_seconds, model_version
+        )
+
+    def prediction_stats_now(
+        self,
+        since: datetime,
+        until: datetime,
+        bucket_seconds: int,
+        model_version: str | None = None,
+    ) -> PredictionStats:
+        """:meth:`prediction_stats`, blocking."""
+        try:
+            with self._engine.connect() as connection:
+                return read_prediction_stats(
+                    connection, since, until, bucket_seconds, model_version
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the prediction store: {reason(exc)}") from None
+
     def close(self) -> None:
         """Commit what is queued, stop the writer and release the database (idempotent)."""
         if self._closed:
@@ -659,6 +728,130 @@ def _read_stats(connection: Connection) -> FeedbackStats:
         accuracy=overall.accuracy,
         by_label=by_label,
         by_model=by_model,
+    )
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100) of sorted ``ordered``, interpolated linearly
+    between the nearest ranks (numpy's default); ``None`` when empty."""
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class _Tally:
+    """Running counts of a group of predictions (a bucket, or the whole window)."""
+
+    def __init__(self) -> None:
+        self.labels: Counter[str] = Counter()
+        self.latencies: list[float] = []
+        self.confidence = 0.0
+        self.reviewed = 0
+        self.correct = 0
+
+    def add(self, label: str, confidence: float, latency_ms: float, verdict: bool | None) -> None:
+        self.labels[label] += 1
+        self.latencies.append(latency_ms)
+        self.confidence += confidence
+        if verdict is not None:
+            self.reviewed += 1
+            self.correct += int(verdict)
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    def latency(self) -> LatencySummary:
+        ordered = sorted(self.latencies)
+        return LatencySummary(
+            percentile(ordered, 50), percentile(ordered, 95), percentile(ordered, 99)
+        )
+
+    def mean_confidence(self) -> float | None:
+        return self.confidence / self.count if self.count else None
+
+    def by_label(self) -> dict[str, int]:
+        return dict(sorted(self.labels.items()))
+
+    def summary(self) -> dict[str, Any]:
+        """The fields a :class:`StatsBucket` and :class:`PredictionStats` share."""
+        return {
+            "by_label": self.by_label(),
+            "latency_ms": self.latency(),
+            "mean_confidence": self.mean_confidence(),
+            "reviewed": self.reviewed,
+            "correct": self.correct,
+            "accuracy": _accuracy(self.correct, self.reviewed),
+        }
+
+
+def read_prediction_stats(
+    connection: Connection,
+    since: datetime,
+    until: datetime,
+    bucket_seconds: int,
+    model_version: str | None = None,
+) -> PredictionStats:
+    """Predictions logged in ``[since, until]`` (of ``model_version`` when given), overall
+    and in buckets of ``bucket_seconds`` aligned on whole UTC multiples of it since the
+    epoch: every bucket that overlaps the window is listed, empty ones with count 0.
+
+    Portable (plain SQLAlchemy core, no dialect date functions): the window's rows
+    (time, label, confidence, latency, latest feedback verdict) are read in time order and
+    bucketed here. Cost: one indexed range scan plus a pass over all feedback rows (to find
+    each prediction's latest feedback), and memory for one float per prediction of the
+    window (the latency percentiles); callers bound the window (the route: 30 days).
+    """
+    if bucket_seconds <= 0:
+        raise ValueError(f"bucket_seconds must be positive, got {bucket_seconds}")
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ValueError("since and until must be timezone-aware")
+    if until < since:
+        raise ValueError("until is before since")
+    since, until = since.astimezone(timezone.utc), until.astimezone(timezone.utc)
+    first = int(since.timestamp() // bucket_seconds) * bucket_seconds
+    count = int(until.timestamp() // bucket_seconds) - first // bucket_seconds + 1
+    latest = _latest_feedback()
+    query = (
+        sa.select(
+            predictions.c.created_at,
+            predictions.c.label,
+            predictions.c.confidence,
+            predictions.c.latency_ms,
+            latest.c.correct,
+        )
+        .outerjoin(latest, latest.c.prediction_id == predictions.c.id)
+        .where(predictions.c.created_at >= since, predictions.c.created_at <= until)
+        .order_by(predictions.c.created_at)
+    )
+    if model_version is not None:
+        query = query.where(predictions.c.model_version == model_version)
+    overall = _Tally()
+    tallies = [_Tally() for _ in range(count)]
+    for created_at, label, confidence, latency_ms, verdict in connection.execute(query):
+        index = int((created_at.timestamp() - first) // bucket_seconds)
+        row = (str(label), float(confidence), float(latency_ms), verdict)
+        tallies[min(max(index, 0), count - 1)].add(*row)
+        overall.add(*row)
+    buckets = [
+        StatsBucket(
+            start=datetime.fromtimestamp(first + i * bucket_seconds, timezone.utc),
+            count=tally.count,
+            **tally.summary(),
+        )
+        for i, tally in enumerate(tallies)
+    ]
+    return PredictionStats(
+        since=since,
+        until=until,
+        bucket_seconds=bucket_seconds,
+        model_version=model_version,
+        total=overall.count,
+        buckets=buckets,
+        **overall.summary(),
     )
 
 
