@@ -105,5 +105,28 @@ bench-serving: install  # real servers on loopback; BentoML gets a venv of its o
 bench-predict: install  # clip-har batch vs transformers.pipeline on ../shared/data/har/dev
 	$(BIN)/python benchmarks/bench_predict.py
 
+# The real container test: Dockerfile.serve built with buildah on a Debian base made by
+# mmdebstrap, its own entrypoint run (`buildah run`, host network) on a tiny ONNX bundle, then
+# health, a prediction, no torch inside; figures to benchmarks/results/image.{json,md}
+# (deploy/docker/image_test.py). Needs root, buildah, mmdebstrap and network (Debian's mirror
+# and PyPI, for pip inside the build). Minutes long: not part of `make test`.
+IMAGE_TEST_ARGS ?=
+.PHONY: image-test images
+image-test: install
+	$(BIN)/python deploy/docker/image_test.py $(IMAGE_TEST_ARGS)
+
+# the three images with any Dockerfile builder, e.g. make images BUILDER="docker build";
+# BUILD_ARGS adds options (BUILD_ARGS="--secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt")
+BUILDER ?= buildah --storage-driver vfs bud --format docker
+BUILD_ARGS ?=
+IMAGE_PREFIX ?= localhost/clip-har
+IMAGE_TAG ?= dev
+images:
+	for image in serve ui train; do \
+		$(BUILDER) $(BUILD_ARGS) -f deploy/docker/Dockerfile.$$image \
+			-t $(IMAGE_PREFIX)-$$image:$(IMAGE_TAG) \
+			--build-arg REVISION=$$(git rev-parse --short HEAD) . || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache

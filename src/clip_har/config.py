@@ -243,6 +243,40 @@ class RegistrySettings(_Section):
     )
 
 
+class MonitorSettings(_Section):
+    """Drift monitoring (``clip-har monitor``): the thresholds a window of the service's
+    predictions is held to against a reference profile. A score over its threshold is drift."""
+
+    psi_threshold: float = Field(
+        0.25,
+        gt=0,
+        description="Class distribution PSI above this is drift (bands: <0.1 stable, "
+        "0.1-0.25 moderate, >0.25 significant).",
+    )
+    ks_statistic: float = Field(
+        0.2, gt=0, le=1, description="Confidence KS statistic above this is drift..."
+    )
+    ks_pvalue: float = Field(
+        0.01, gt=0, le=1, description="...when the KS test's p-value is also below this."
+    )
+    auc_threshold: float = Field(
+        0.75,
+        gt=0.5,
+        le=1,
+        description="Embedding drift: a domain classifier's ROC AUC (reference vs window "
+        "images) above this is drift; 0.5 means indistinguishable.",
+    )
+    min_predictions: int = Field(
+        100, ge=1, description="Fewer predictions in the window: no verdict (exit 1)."
+    )
+    max_embeddings: int = Field(
+        2000,
+        ge=10,
+        description="Embeddings kept in a reference, and window images embedded, at most.",
+    )
+    histogram_bins: int = Field(20, ge=2, le=1000, description="Confidence histogram bins.")
+
+
 class Settings(BaseSettings):
     """All settings of clip-har."""
 
@@ -264,6 +298,7 @@ class Settings(BaseSettings):
     predict: PredictSettings = PredictSettings()
     export: ExportSettings = ExportSettings()
     registry: RegistrySettings = RegistrySettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1234,6 +1234,105 @@ CASES["batch-merge"] = [
 ]
 
 
+def _drift_reference(w: World) -> Path:
+    """A sound reference folder (a synthetic profile; no bundle run needed)."""
+    import numpy as np
+
+    from clip_har.monitoring.profile import ReferenceProfile, save_profile
+
+    folder = w.root / "drift-reference"
+    if not folder.is_dir():
+        folder.mkdir()
+        info = {"schema_version": 1, "id": "hostile", "class_counts": {"running": 3},
+                "bundle": {"path": str(w.bundle), "model_key": "k", "classes": ["running"]},
+                "confidence_histogram": {"edges": [0.0, 0.5, 1.0], "counts": [0, 3]}}  # fmt: skip
+        arrays = (np.full(3, 0.9, np.float32), np.eye(3, dtype=np.float32))
+        save_profile(folder, ReferenceProfile(info, *arrays))
+    return folder
+
+
+def _empty_log(w: World) -> Path:
+    """The database of a service that has answered nothing yet."""
+    from clip_har.serving.store import PredictionStore, sqlite_file_url
+
+    path = w.root / "empty-log.db"
+    if not path.exists():
+        PredictionStore(sqlite_file_url(path)).close()
+    return path
+
+
+def _drift(w: World, *extra: str | Path) -> list[str | Path]:
+    return ["-r", _drift_reference(w), "--database", _empty_log(w), *extra]
+
+
+CASES["monitor reference"] = [
+    *_bundle_cases(after=lambda w: [w.manifest, "-o", _out(w, "mref1")]),
+    *_manifest_cases(lambda w: [w.bundle], lambda w: ["-o", _out(w, "mref2")]),
+    Case(
+        "--split of a manifest without splits",
+        lambda w: [w.bundle, w.manifest, "-o", _out(w, "mref3"), "--split", "val"],
+        lambda w: ["--split val", "has no splits"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "unknown --split",
+        lambda w: [w.bundle, w.split, "-o", _out(w, "mref4"), "--split", "nope"],
+        lambda w: ["--split nope", "no such split"],
+        EXIT_USAGE,
+    ),
+]
+
+CASES["monitor drift"] = [
+    Case(
+        "missing --reference",
+        lambda w: ["-r", w.missing, "--database", _empty_log(w)],
+        lambda w: [w.missing, "does not exist"],
+    ),
+    Case(
+        "--reference is a file",
+        lambda w: ["-r", w.file, "--database", _empty_log(w)],
+        lambda w: [w.file, "is a file"],
+    ),
+    Case(
+        "--reference without profile.json",
+        lambda w: ["-r", w.folder, "--database", _empty_log(w)],
+        lambda w: ["profile.json: missing"],
+    ),
+    Case(
+        "--database of another program",
+        lambda w: ["-r", _drift_reference(w), "--database", _foreign_db(w)],
+        lambda w: ["holds no prediction log"],
+    ),
+    Case(
+        "missing --database file",
+        lambda w: ["-r", _drift_reference(w), "--database", w.missing],
+        lambda w: [w.missing],
+        EXIT_USAGE,
+    ),
+    Case(
+        "too few predictions", lambda w: _drift(w), lambda w: ["0 predictions", "min_predictions"]
+    ),
+    Case(
+        "unparsable --since",
+        lambda w: _drift(w, "--since", "yesterday"),
+        lambda w: ["--since yesterday"],
+        EXIT_USAGE,
+    ),
+    Case(
+        "missing --images folder",
+        lambda w: _drift(w, "--images", w.missing),
+        lambda w: [w.missing],
+        EXIT_USAGE,
+    ),
+    Case(
+        "report not .html",
+        lambda w: _drift(w, "-o", _out(w, "drift.txt")),
+        lambda w: [".html"],
+        EXIT_USAGE,
+    ),
+]
+
+
 # --------------------------------------------------------------------------- the tests
 
 

@@ -113,7 +113,7 @@ def world(tiny_bundle: Path, tiny_backbone: Any, tmp_path_factory: pytest.TempPa
         ok(invoke("evaluate", "-b", tiny_bundle, "-d", split, "-o", folder, "--split", "all",
                   "--bootstrap", "0", "--tracking", "none"))  # fmt: skip
     params = {}
-    for suffix in ("", ".csv", ".json", ".png", ".jsonl", ".mp4"):
+    for suffix in ("", ".csv", ".json", ".png", ".jsonl", ".mp4", ".html"):
         params[suffix] = root / f"params{suffix or '.yaml'}"
         params[suffix].write_text("{}\n")  # an empty mapping: valid settings, any name
     return World(root, tiny_bundle, model, photos, root / "manifest", split, evaluations, params)
@@ -185,6 +185,41 @@ def _feedback_store(w: World) -> Path:
 def _feedback_inputs(w: World) -> list[str | Path]:
     store = _feedback_store(w)
     return ["--database", store / "store.db", "--images", store / "images"]
+
+
+def _drift_inputs(w: World) -> list[str | Path]:
+    """``drift/reference`` (of the bundle on every photo) and ``drift/serving.db`` (a service's
+    log of the very same predictions, so no drift), made once: the ``monitor drift`` options."""
+    folder = w.root / "drift"
+    reference, database = folder / "reference", folder / "serving.db"
+    if not database.is_file():
+        ok(invoke("monitor", "reference", w.bundle, w.split, "-o", reference))
+        profile = json.loads((reference / "profile.json").read_text())
+        with np.load(reference / "arrays.npz") as arrays:
+            confidences = arrays["confidences"].tolist()
+        labels = [label for label, n in profile["class_counts"].items() for _ in range(n)]
+        now = datetime.now(timezone.utc)
+        records = [
+            PredictionRecord(
+                PredictionRecord.new_id(),
+                now,
+                "tiny",
+                "1",
+                "v1/predict",
+                label,
+                confidence,
+                [(label, confidence)],
+                5.0,
+            )
+            for label, confidence in zip(labels, sorted(confidences), strict=True)
+        ]
+        store = PredictionStore(sqlite_file_url(database))
+        try:
+            asyncio.run(store.log_predictions(records))
+        finally:
+            store.close()
+    count = str(json.loads((reference / "profile.json").read_text())["images"])
+    return ["-r", reference, "--database", database, "--min-predictions", count]
 
 
 def _batch_output(w: World) -> Path:
@@ -294,6 +329,14 @@ RUNS: dict[tuple[str, str], Run] = {
     ),
     ("webcam", "--output"): Run(lambda w, out: _webcam(w, "-o", out), lambda w: w.bundle, ".mp4"),
     ("webcam", "--log"): Run(lambda w, out: _webcam(w, "--log", out), lambda w: w.bundle, ".jsonl"),
+    ("monitor reference", "--output"): Run(
+        lambda w, out: [w.bundle, w.split, "-o", out, "--split", "train"], lambda w: w.split
+    ),
+    ("monitor drift", "--output"): Run(
+        lambda w, out: [*_drift_inputs(w), "-o", out],
+        lambda w: Path(_drift_inputs(w)[1]),
+        ".html",
+    ),
 }
 
 

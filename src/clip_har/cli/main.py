@@ -55,6 +55,7 @@ COMMANDS: dict[str, str] = {
     "mlflow": "clip_har.cli.mlflow:app",
     "feedback": "clip_har.cli.feedback:app",
     "client": "clip_har.cli.client:app",
+    "monitor": "clip_har.cli.monitor:app",
 }
 
 

@@ -29,10 +29,12 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clip_har.monitoring import DRIFT_METRICS
 from clip_har.serving.auth import require_metrics_key
 
 if TYPE_CHECKING:
     from clip_har.inference.batcher import BatchRecord
+    from clip_har.serving.store import DriftScoreRecord
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ PROBE_ROUTES = frozenset(
 _MODELS_KEPT = 4  # class lists remembered (the current model and a few before it)
 
 QueueDepthSource = Callable[[], tuple[Mapping[str, str], int]]
+DriftSource = Callable[[], Sequence["DriftScoreRecord"]]
 
 
 class ModelInfoLike(Protocol):
@@ -99,15 +102,18 @@ def model_labels(labels: Mapping[str, str] | None) -> tuple[str, str]:
 
 
 class _ScrapeTimeCollector:
-    """Queue depth and model info, read when Prometheus scrapes (always current)."""
+    """Queue depth, model info and the latest drift scores, read when Prometheus scrapes."""
 
     def __init__(self, owner: ServingMetrics) -> None:
         self._owner = owner
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()
+        return [*self._families(), *self._drift_families()]
 
     def collect(self) -> Iterable[Metric]:
+        return [*self._collect_model(), *self._collect_drift()]
+
+    def _collect_model(self) -> list[Metric]:
         depth, info = self._families()
         source = self._owner._queue_depth_source
         if source is not None:
@@ -121,6 +127,44 @@ class _ScrapeTimeCollector:
         if current is not None:
             info.add_metric(list(current), 1.0)
         return [depth, info]
+
+    def _collect_drift(self) -> list[Metric]:
+        families = self._drift_families()
+        score, threshold, detected, timestamp = families
+        for record in self._owner._drift:  # one tuple, swapped atomically by refresh_drift
+            score.add_metric([record.metric], record.value)
+            threshold.add_metric([record.metric], record.threshold)
+            detected.add_metric([record.metric], 1.0 if record.drifted else 0.0)
+            timestamp.add_metric([record.metric], record.created_at.timestamp())
+        return list(families)
+
+    @staticmethod
+    def _drift_families() -> tuple[GaugeMetricFamily, ...]:
+        label = ["metric"]
+        return (
+            GaugeMetricFamily(
+                f"{NAMESPACE}_drift_score",
+                "Latest score of `clip-har monitor drift`, by metric: "
+                + ", ".join(DRIFT_METRICS)
+                + ".",
+                labels=label,
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_drift_threshold",
+                "The threshold the latest drift score was held to.",
+                labels=label,
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_drift_detected",
+                "1 when the latest drift run found this metric over its threshold, else 0.",
+                labels=label,
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_drift_timestamp_seconds",
+                "Unix time of the latest drift score (alert when it gets old).",
+                labels=label,
+            ),
+        )
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
@@ -151,6 +195,7 @@ class ServingMetrics:
         self._lock = threading.Lock()
         self._queue_depth_source: QueueDepthSource | None = None
         self._model_info: tuple[str, str, str, str, str] | None = None
+        self._drift: tuple[DriftScoreRecord, ...] = ()
         self._classes: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
         mv = ["model", "version"]
 
@@ -263,6 +308,17 @@ class ServingMetrics:
             while len(self._classes) > _MODELS_KEPT:
                 self._classes.popitem(last=False)
             self._model_info = (*mv, info.format, info.alias or "", info.source)
+
+    def refresh_drift(self, source: DriftSource) -> None:
+        """Read the latest drift scores from ``source`` (the prediction store) for the
+        gauges; metrics outside :data:`~clip_har.monitoring.DRIFT_METRICS` are left out (a
+        bounded label set). When the read fails, the previous scores stay."""
+        try:
+            scores = tuple(score for score in source() if score.metric in DRIFT_METRICS)
+        except Exception:  # a scrape never fails because of one source
+            logger.warning("reading the drift scores failed", exc_info=True)
+            return
+        self._drift = scores
 
     def set_queue_depth_source(self, fn: QueueDepthSource | None) -> None:
         """Read the queue depth at scrape time: ``fn() -> ({"model", "version"}, depth)``."""
@@ -404,6 +460,10 @@ router = APIRouter()
 )
 def get_metrics(request: Request) -> Response:
     """The service's metrics in the Prometheus text format."""
-    metrics: ServingMetrics = request.app.state.services.metrics
+    services = request.app.state.services
+    metrics: ServingMetrics = services.metrics
+    store = getattr(services, "store", None)
+    if store is not None:  # the latest drift scores, read at scrape time
+        metrics.refresh_drift(store.latest_drift_scores_now)
     body, content_type = metrics.render(request.headers.get("accept"))
     return Response(content=body, media_type=content_type)

@@ -2,7 +2,8 @@
 
 Counts per predicted label, latency percentiles, mean confidence and feedback accuracy,
 overall and per time bucket, for a bounded window (at most :data:`MAX_HOURS` hours and
-:data:`MAX_BUCKETS` buckets) so one request never reads more than that window's rows.
+:data:`MAX_BUCKETS` buckets) so one request never reads more than that window's rows; plus
+the latest score of each drift metric that ``clip-har monitor drift`` recorded.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ async def prediction_stats(
 ) -> PredictionStatsResponse:
     """Predictions of the last ``hours`` hours, overall and per ``bucket_minutes`` bucket:
     every bucket overlapping the window is listed (empty ones with count 0), so a chart
-    has a continuous time axis."""
+    has a continuous time axis. ``drift``: the latest score of each drift metric."""
     spanned = math.ceil(hours * 60 / bucket_minutes)
     if spanned > MAX_BUCKETS:
         raise ApiError(
@@ -78,4 +79,5 @@ async def prediction_stats(
     until = datetime.now(timezone.utc)
     since = until - timedelta(hours=hours)
     stats = await svc.store.prediction_stats(since, until, bucket_minutes * 60, model_version)
-    return PredictionStatsResponse.of(stats)
+    drift = await svc.store.latest_drift_scores()  # whenever computed, whatever the window
+    return PredictionStatsResponse.of(stats, drift)

@@ -12,8 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from clip_har.serving.models import ModelInfo
-    from clip_har.serving.store import FeedbackStats, PredictionStats, StatsBucket
+    from clip_har.serving.store import (
+        DriftScoreRecord,
+        FeedbackStats,
+        PredictionStats,
+        StatsBucket,
+    )
 
 # --------------------------------------------------------------------------- errors
 
@@ -296,6 +303,24 @@ class PredictionStatsBucket(BaseModel):
         return cls.model_validate(fields | {f"latency_ms_{k}": v for k, v in latency.items()})
 
 
+class DriftScore(BaseModel):
+    """The latest score of one drift metric, from `clip-har monitor drift`."""
+
+    value: float
+    threshold: float
+    drifted: bool = Field(description="The value was over its threshold.")
+    created_at: datetime = Field(description="When the drift run computed it (UTC).")
+    since: datetime | None = Field(description="Start of the window it covered; null: all.")
+    samples: int = Field(description="Predictions (or images) the score was computed on.")
+    reference_id: str = Field(description="The reference profile it was compared with.")
+
+    @classmethod
+    def of(cls, record: DriftScoreRecord) -> DriftScore:
+        """The answer's form of ``record``."""
+        fields = dataclasses.asdict(record)
+        return cls.model_validate({k: fields[k] for k in cls.model_fields})
+
+
 class PredictionStatsResponse(BaseModel):
     """Predictions logged in a time window, overall and per time bucket (monitoring)."""
 
@@ -313,12 +338,21 @@ class PredictionStatsResponse(BaseModel):
     buckets: list[PredictionStatsBucket] = Field(
         description="Every bucket overlapping the window, oldest first, empty ones included."
     )
+    drift: dict[str, DriftScore] | None = Field(
+        None,
+        description="The latest drift score by metric (class_psi, confidence_ks, "
+        "embedding_auc), whenever it was computed; null when `clip-har monitor drift` has "
+        "recorded none.",
+    )
 
     @classmethod
-    def of(cls, stats: PredictionStats) -> PredictionStatsResponse:
-        """The answer for ``stats``."""
+    def of(
+        cls, stats: PredictionStats, drift: Sequence[DriftScoreRecord] = ()
+    ) -> PredictionStatsResponse:
+        """The answer for ``stats`` and the latest ``drift`` scores."""
         buckets = [PredictionStatsBucket.of(bucket) for bucket in stats.buckets]
-        return cls.model_validate(dataclasses.asdict(stats) | {"buckets": buckets})
+        scores = {record.metric: DriftScore.of(record) for record in drift} or None
+        return cls.model_validate(dataclasses.asdict(stats) | {"buckets": buckets, "drift": scores})
 
 
 # --------------------------------------------------------------------------- feedback

@@ -187,6 +187,36 @@ class StatsBucket:
 
 
 @dataclass(frozen=True)
+class DriftScoreRecord:
+    """One score of one ``clip-har monitor drift`` run (``drifted``: over its threshold)."""
+
+    run_id: str
+    created_at: datetime  # UTC
+    metric: str
+    value: float
+    threshold: float
+    drifted: bool
+    reference_id: str
+    samples: int  # what the score was computed on (predictions or images of the window)
+    since: datetime | None  # start of the window; None: the whole log
+
+
+@dataclass(frozen=True)
+class PredictionWindow:
+    """The logged predictions of a time window, oldest first, as parallel lists."""
+
+    since: datetime | None
+    until: datetime
+    labels: list[str]
+    confidences: list[float]
+    image_sha256: list[str | None]
+    model_versions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
 class PredictionStats:
     """Predictions logged in ``[since, until]``, overall and per time bucket."""
 
@@ -266,6 +296,25 @@ feedback = sa.Table(
     sa.Column("correct", sa.Boolean, nullable=False),
     sa.Column("label", sa.String(LABEL_LENGTH), nullable=True),
     sa.Column("comment", sa.String(COMMENT_LENGTH), nullable=True),
+)
+
+
+# scores of `clip-har monitor drift` runs (one row per metric and run); the server exports
+# the latest of each metric as a gauge and in /v1/stats/predictions
+drift_scores = sa.Table(
+    "drift_scores",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("drifted", sa.Boolean, nullable=False),
+    sa.Column("reference_id", sa.String(64), nullable=False),
+    sa.Column("samples", sa.Integer, nullable=False),
+    sa.Column("since", UTCDateTime(), nullable=True),
+    sa.Index("ix_drift_scores_metric_created", "metric", "created_at"),
 )
 
 
@@ -594,6 +643,18 @@ class PredictionStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read the prediction store: {reason(exc)}") from None
 
+    async def latest_drift_scores(self) -> list[DriftScoreRecord]:
+        """:func:`read_latest_drift_scores` in a worker thread."""
+        return await asyncio.to_thread(self.latest_drift_scores_now)
+
+    def latest_drift_scores_now(self) -> list[DriftScoreRecord]:
+        """:meth:`latest_drift_scores`, blocking."""
+        try:
+            with self._engine.connect() as connection:
+                return read_latest_drift_scores(connection)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the drift scores: {reason(exc)}") from None
+
     def close(self) -> None:
         """Commit what is queued, stop the writer and release the database (idempotent)."""
         if self._closed:
@@ -910,6 +971,107 @@ def _open_for_export(source: PredictionStore | str) -> tuple[Engine, bool]:
             "is it the database of `clip-har serve`?"
         )
     return engine, True
+
+
+def read_prediction_window(
+    source: PredictionStore | str,
+    since: datetime | None,
+    until: datetime,
+    *,
+    limit: int | None = None,
+) -> PredictionWindow:
+    """The predictions logged in ``[since, until]`` (``since`` None: from the start), oldest
+    first; with ``limit``, only the latest ``limit`` of them. Never creates a database."""
+    if until.tzinfo is None or (since is not None and since.tzinfo is None):
+        raise ValueError("since and until must be timezone-aware")
+    columns = (
+        predictions.c.label,
+        predictions.c.confidence,
+        predictions.c.image_sha256,
+        predictions.c.model_version,
+    )
+    query = sa.select(*columns).where(predictions.c.created_at <= until)
+    if since is not None:
+        query = query.where(predictions.c.created_at >= since)
+    query = query.order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    engine, dispose = _open_for_export(source)
+    try:
+        with engine.connect() as connection:
+            rows = list(connection.execute(query))[::-1]
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the prediction store: {reason(exc)}") from None
+    finally:
+        if dispose:
+            engine.dispose()
+    return PredictionWindow(
+        since=since,
+        until=until,
+        labels=[str(row[0]) for row in rows],
+        confidences=[float(row[1]) for row in rows],
+        image_sha256=[row[2] for row in rows],
+        model_versions=[str(row[3]) for row in rows],
+    )
+
+
+def record_drift_scores(source: PredictionStore | str, scores: Sequence[DriftScoreRecord]) -> None:
+    """Add ``scores`` (one monitor run) to the store's ``drift_scores`` table, creating the
+    table in a log written by a server older than it. Never creates a database."""
+    rows = [
+        {
+            "run_id": score.run_id,
+            "created_at": score.created_at,
+            "metric": score.metric,
+            "value": float(score.value),
+            "threshold": float(score.threshold),
+            "drifted": bool(score.drifted),
+            "reference_id": score.reference_id,
+            "samples": int(score.samples),
+            "since": score.since,
+        }
+        for score in scores
+    ]
+    if not rows:
+        return
+    engine, dispose = _open_for_export(source)
+    try:
+        with write_connection(engine) as connection, connection.begin():
+            drift_scores.create(connection, checkfirst=True)
+            connection.execute(drift_scores.insert(), rows)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot record the drift scores: {reason(exc)}") from None
+    finally:
+        if dispose:
+            engine.dispose()
+
+
+def read_latest_drift_scores(connection: Connection) -> list[DriftScoreRecord]:
+    """The latest score of each metric (ties: the later row), by metric name."""
+    rank = (
+        sa.func.row_number()
+        .over(
+            partition_by=drift_scores.c.metric,
+            order_by=(drift_scores.c.created_at.desc(), drift_scores.c.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = sa.select(drift_scores, rank).subquery("ranked")
+    query = sa.select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.metric)
+    return [
+        DriftScoreRecord(
+            run_id=row.run_id,
+            created_at=row.created_at,
+            metric=row.metric,
+            value=float(row.value),
+            threshold=float(row.threshold),
+            drifted=bool(row.drifted),
+            reference_id=row.reference_id,
+            samples=int(row.samples),
+            since=row.since,
+        )
+        for row in connection.execute(query)
+    ]
 
 
 def export_feedback(

@@ -1,5 +1,5 @@
 """Monitoring: feedback accuracy, predictions per class over time, latency percentiles, and
-a note on the drift score, which the service does not expose yet (the operations issue)."""
+the latest drift scores (recorded by `clip-har monitor drift`, served in /v1/stats/predictions)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def render(backend: Backend) -> None:
     _summary(stats, feedback)
     _over_time(stats)
     _feedback_by_label(feedback)
-    st.subheader("Drift")
-    st.info("Drift appears here once the service exposes it (operations issue).")
+    _drift(stats)
 
 
 def _percent(value: float | None) -> str:
@@ -63,6 +62,32 @@ def _over_time(stats: PredictionStatsResponse) -> None:
         lines_over_time(times, latency, title="Latency", axis="ms"),
         key="monitoring_latency_chart",
     )
+
+
+def _drift(stats: PredictionStatsResponse) -> None:
+    st.subheader("Drift")
+    if not stats.drift:
+        st.info(
+            "No drift scores yet: run `clip-har monitor drift --reference REF` against this "
+            "service's database (e.g. the drift CronJob)."
+        )
+        return
+    columns = st.columns(len(stats.drift))
+    for column, (metric, score) in zip(columns, sorted(stats.drift.items()), strict=True):
+        verdict = "over" if score.drifted else "under"
+        column.metric(
+            metric,
+            f"{score.value:.3f}",
+            f"{verdict} threshold {score.threshold:g}",
+            delta_color="inverse" if score.drifted else "off",
+        )
+    latest = max(score.created_at for score in stats.drift.values())
+    drifted = [metric for metric, score in stats.drift.items() if score.drifted]
+    when = latest.isoformat(timespec="minutes")
+    if drifted:
+        st.error(f"Drift in {', '.join(sorted(drifted))} (latest run {when} UTC).")
+    else:
+        st.caption(f"No drift in the latest run ({when} UTC).")
 
 
 def _feedback_by_label(feedback: FeedbackStatsResponse) -> None:
