@@ -180,6 +180,14 @@ class ImageProblem(str, Enum):
     NO_IMAGES = "no_images"
 
 
+class BatchOutputError(ClipHarError):
+    """A batch result file that cannot be read back, or shard outputs that do not merge."""
+
+
+class ProfileError(ClipHarError):
+    """A drift reference folder that cannot be used (missing, damaged, or of another schema)."""
+
+
 class VideoError(ClipHarError):
     """A video source that cannot be opened or read, or an output that cannot be written."""
 

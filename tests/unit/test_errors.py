@@ -35,17 +35,34 @@ def _base_name(node: ast.expr) -> str:
     return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
 
 
+# where an exception class may live outside errors.py, and why
+OWN_FAMILIES = {
+    # the Python client's public exceptions, one per server error code (NotFoundError,
+    # DeadlineExceededError, ...): a family of its own under ClipHarError, whose names would
+    # clash with the server-side classes of errors.py
+    "client/errors.py",
+}
+NOT_ERRORS = {
+    "cli/supervise.py: Stopped",  # a signal turned into control flow, not an error
+    "cli/supervise.py: ServiceError",  # carries the supervisor's service handle and log tail
+}
+
+
 def test_no_error_class_is_defined_outside_errors_py() -> None:
     strays = []
     for path in sorted(SRC.rglob("*.py")):
         if path.name == "errors.py" and path.parent == SRC:
+            continue
+        if str(path.relative_to(SRC)) in OWN_FAMILIES:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.ClassDef):
                 continue
             bases = {_base_name(base) for base in node.bases}
             if bases & (BUILTIN_EXCEPTIONS | ERROR_NAMES) or node.name.endswith("Error"):
-                strays.append(f"{path.relative_to(SRC)}: {node.name}")
+                place = f"{path.relative_to(SRC)}: {node.name}"
+                if place not in NOT_ERRORS:
+                    strays.append(place)
     assert not strays, f"move these into clip_har/errors.py: {strays}"
 
 

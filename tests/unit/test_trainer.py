@@ -210,6 +210,16 @@ def test_epoch_loss_is_the_class_weighted_smoothed_mean() -> None:
     assert result.final_loss == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_fit_leaves_denormal_floats_as_it_found_them() -> None:
+    """Training flushes denormals for speed; the process-wide setting must not outlive fit
+    (property-based tests and numerics in the same process rely on subnormal floats)."""
+    x, y = _data(16)
+    Trainer(TrainConfig(epochs=1, batch_size=8)).fit(
+        _model(), feature_loader(x, y, batch_size=8, seed=0), _accuracy(x, y)
+    )
+    assert torch.tensor([1e-310], dtype=torch.float64).item() != 0.0
+
+
 def test_accumulation_matches_the_larger_batch() -> None:
     x, y = _data(64)
     states = []

@@ -47,7 +47,7 @@ from typing import IO, Any, Protocol
 
 from clip_har.data.manifest import MANIFEST_FILE, manifest_path, read_manifest
 from clip_har.data.sources import CSV_LAYOUTS, FILENAME_COLUMNS
-from clip_har.errors import ClipHarError, ImageProblem, UsageError
+from clip_har.errors import BatchOutputError, ClipHarError, ImageProblem, UsageError
 from clip_har.imaging import has_image_name, images_under
 from clip_har.inference.predictor import FileResult, Predictor
 from clip_har.io import atomic_write, plural, read_text_input
@@ -98,10 +98,6 @@ PARTS_SUFFIX = ".parts"  # OUT.parquet.parts/: the Parquet writer's published ro
 PART_ROWS = 256  # a Parquet part is published after this many rows…
 PART_SECONDS = 10.0  # …or this many seconds, whichever comes first
 NAMED = 5  # how many keys a merge error names
-
-
-class BatchOutputError(ClipHarError):
-    """A result file that cannot be read back, or shard outputs that do not merge."""
 
 
 # --------------------------------------------------------------------------- inputs

@@ -16,15 +16,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from clip_har.errors import ClipHarError
+from clip_har.errors import ProfileError
 from clip_har.io import write_bytes_atomic, write_json_atomic
 from clip_har.monitoring import EMBEDDINGS_FILE, PROFILE_FILE, PROFILE_SCHEMA
 
 _ARRAYS = ("confidences", "embeddings", "embedding_mean", "embedding_cov")
-
-
-class ProfileError(ClipHarError):
-    """A reference folder that cannot be used (missing, damaged, or of another schema)."""
 
 
 @dataclass(frozen=True)

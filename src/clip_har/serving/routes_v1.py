@@ -624,7 +624,7 @@ async def model_info(svc: Services = Depends(services)) -> ModelResponse:
 
 @router.get(
     "/model/report",
-    response_class=HTMLResponse,
+    # no response_class: FastAPI would then document the JSON errors as text/html too
     summary="The served model's evaluation report (self-contained HTML)",
     responses={
         200: {"content": {"text/html": {}}, "description": "The report of `clip-har evaluate`"},

@@ -10,8 +10,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
@@ -416,58 +416,60 @@ class Trainer:
         seed_everything(config.seed)
         # confident heads (Tip-Adapter's cache, large logit scales) produce denormal
         # gradients, which make CPU matmuls ~15x slower; flushing them changes nothing else
-        torch.set_flush_denormal(True)
-        wrapped = wrap_model(model, self.distributed, self.dist, self.blocks)
-        optimizer = torch.optim.AdamW(
-            parameter_groups(wrapped, config.weight_decay),
-            lr=config.lr,
-            fused=_fused_adamw(wrapped),
-        )
-        steps = config.epochs * math.ceil(batches / config.accumulation)
-        schedule = WarmupCosine(round(config.warmup_ratio * steps), steps)
-        parts = _Parts(
-            model=wrapped,
-            distributed=self.distributed,
-            optimizer=optimizer,
-            scheduler=LambdaLR(optimizer, schedule),
-            scaler=torch.amp.GradScaler(self.dist.device.type, enabled=config.precision == "fp16"),
-            train=train,
-            batches=batches,
-        )
-        trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
-        self._info(
-            "training %s trainable parameters for %s x %s, %s, %s, %s on %s",
-            f"{trainable:,}",
-            plural(config.epochs, "epoch"),
-            plural(batches, "batch"),
-            plural(steps, "optimizer step"),
-            config.precision,
-            parts.distributed,
-            plural(self.dist.world_size, "process"),
-        )
-        run = (self._restore(parts) if resume else None) or _Run()
-        start = config.epochs if run.stopped else run.next_epoch
-        for epoch in range(start, config.epochs):
-            self._epoch(parts, run, epoch, validate, metric)
-            if run.stopped:
-                self._info(
-                    "early stopping after epoch %d: no %s gain in %s",
-                    epoch + 1,
-                    metric,
-                    plural(run.bad_epochs, "epoch"),
-                )
-                break
-        if run.best_epoch != len(run.history) - 1:
-            load_full_state_dict(wrapped, run.best_state, parts.distributed)
-        self._info("best %s %.4f at epoch %d", metric, run.best_metric, run.best_epoch + 1)
-        return FitResult(
-            best_state=run.best_state,
-            best_metric=run.best_metric,
-            best_epoch=run.best_epoch,
-            history=run.history,
-            final_loss=run.history[-1]["train_loss"],
-            stopped_early=run.stopped,
-        )
+        with _flushing_denormals():
+            wrapped = wrap_model(model, self.distributed, self.dist, self.blocks)
+            optimizer = torch.optim.AdamW(
+                parameter_groups(wrapped, config.weight_decay),
+                lr=config.lr,
+                fused=_fused_adamw(wrapped),
+            )
+            steps = config.epochs * math.ceil(batches / config.accumulation)
+            schedule = WarmupCosine(round(config.warmup_ratio * steps), steps)
+            parts = _Parts(
+                model=wrapped,
+                distributed=self.distributed,
+                optimizer=optimizer,
+                scheduler=LambdaLR(optimizer, schedule),
+                scaler=torch.amp.GradScaler(
+                    self.dist.device.type, enabled=config.precision == "fp16"
+                ),
+                train=train,
+                batches=batches,
+            )
+            trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+            self._info(
+                "training %s trainable parameters for %s x %s, %s, %s, %s on %s",
+                f"{trainable:,}",
+                plural(config.epochs, "epoch"),
+                plural(batches, "batch"),
+                plural(steps, "optimizer step"),
+                config.precision,
+                parts.distributed,
+                plural(self.dist.world_size, "process"),
+            )
+            run = (self._restore(parts) if resume else None) or _Run()
+            start = config.epochs if run.stopped else run.next_epoch
+            for epoch in range(start, config.epochs):
+                self._epoch(parts, run, epoch, validate, metric)
+                if run.stopped:
+                    self._info(
+                        "early stopping after epoch %d: no %s gain in %s",
+                        epoch + 1,
+                        metric,
+                        plural(run.bad_epochs, "epoch"),
+                    )
+                    break
+            if run.best_epoch != len(run.history) - 1:
+                load_full_state_dict(wrapped, run.best_state, parts.distributed)
+            self._info("best %s %.4f at epoch %d", metric, run.best_metric, run.best_epoch + 1)
+            return FitResult(
+                best_state=run.best_state,
+                best_metric=run.best_metric,
+                best_epoch=run.best_epoch,
+                history=run.history,
+                final_loss=run.history[-1]["train_loss"],
+                stopped_early=run.stopped,
+            )
 
     def _epoch(
         self,
@@ -833,3 +835,14 @@ def _set_rng_state(state: dict[str, Any], train: DataLoader[Any], device: torch.
     for name, generator in _generators(train).items():
         if name in saved:
             generator.set_state(saved[name])
+
+
+@contextmanager
+def _flushing_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero while training, then restore the default (off): the
+    setting is process-wide, and later code (hypothesis, numerics) must not inherit it."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

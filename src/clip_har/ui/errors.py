@@ -37,7 +37,7 @@ _STATUS_HINTS = {
 
 
 @dataclass(frozen=True)
-class FriendlyError:
+class FriendlyMessage:
     """What went wrong (``message``), what to do (``hint``), and the ``request_id`` and
     ``code`` to quote."""
 
@@ -59,47 +59,47 @@ class FriendlyError:
         return "\n\n".join(lines)
 
 
-def explain(exc: BaseException, where: str) -> FriendlyError:
+def explain(exc: BaseException, where: str) -> FriendlyMessage:
     """``exc`` in words; ``where`` names the service (a URL, or the in-process bundle)."""
     if isinstance(exc, HARAPIError):
         hint = _STATUS_HINTS.get(exc.status)
         if hint is None and exc.status >= 500:
             hint = "The service failed: its log has the details under this request id."
-        return FriendlyError(
+        return FriendlyMessage(
             f"The service answered {exc.status}: {exc.message}", hint, exc.request_id, exc.code
         )
     if isinstance(exc, HARTimeoutError):
-        return FriendlyError(
+        return FriendlyMessage(
             f"The service at {where} did not answer in time.",
             "It may be overloaded, or the image very large: try again.",
         )
     if isinstance(exc, HARConnectionError):
-        return FriendlyError(
+        return FriendlyMessage(
             f"Cannot reach the service at {where}.",
             "Is the API running at that URL? Start it with `clip-har serve --bundle DIR`, "
             "or run `clip-har ui --bundle DIR` to serve a bundle inside the UI.",
         )
     if isinstance(exc, HARResponseError):
-        return FriendlyError(
+        return FriendlyMessage(
             f"{where} did not answer like the clip-har API: {exc}",
             "Check --api-url: it should be the service's base URL.",
         )
     if isinstance(exc, HARInputError | ClipHarError):
-        return FriendlyError(str(exc))
-    return FriendlyError(
+        return FriendlyMessage(str(exc))
+    return FriendlyMessage(
         f"Something went wrong: {type(exc).__name__}: {exc}",
         "This is a bug in the UI; the traceback is in the terminal running `clip-har ui`.",
     )
 
 
-def show(error: FriendlyError) -> None:
+def show(error: FriendlyMessage) -> None:
     """Show ``error`` on the page."""
     st.error(error.markdown(), icon="⚠️")
 
 
 @contextmanager
 def guard(where: str) -> Iterator[None]:
-    """Show any exception raised in the block as a :class:`FriendlyError` and stop there.
+    """Show any exception raised in the block as a :class:`FriendlyMessage` and stop there.
     Streamlit's own control flow (rerun, stop) derives from BaseException and passes."""
     try:
         yield
