@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -49,19 +50,31 @@ def database_url(database: Path | None) -> tuple[str, Path | None]:
     return url, file
 
 
+def database_option() -> Any:
+    """``--database FILE``: the prediction store of `clip-har serve` (see :func:`database_url`)."""
+    return typer.Option(
+        None,
+        "--database",
+        metavar="FILE",
+        help="SQLite file of `clip-har serve` (default: $CLIP_HAR_SERVE_DATABASE_URL or "
+        "$DATABASE_URL, any SQLAlchemy URL, else ./clip-har-serving.db).",
+    )
+
+
+def images_or_env(images: Path | None) -> Path | None:
+    """``--images``, else the server's ``$CLIP_HAR_SERVE_STORE_IMAGES``, else None."""
+    if images is None and os.environ.get(IMAGES_ENV):
+        return Path(os.environ[IMAGES_ENV])
+    return images
+
+
 @app.command("export")
 def export(
     output: Path = output_option(
         kind="dir",
         help="Folder for labels.csv + images/ (the layout `clip-har data import` reads).",
     ),
-    database: Path | None = typer.Option(
-        None,
-        "--database",
-        metavar="FILE",
-        help="SQLite file of `clip-har serve` (default: $CLIP_HAR_SERVE_DATABASE_URL or "
-        "$DATABASE_URL, any SQLAlchemy URL, else ./clip-har-serving.db).",
-    ),
+    database: Path | None = database_option(),
     images: Path | None = typer.Option(
         None,
         "--images",
@@ -79,8 +92,7 @@ def export(
     is counted and skipped.
     """
     url, database_file = database_url(database)
-    if images is None and os.environ.get(IMAGES_ENV):
-        images = Path(os.environ[IMAGES_ENV])
+    images = images_or_env(images)
     if images is None:
         raise UsageError(
             "--images DIR is needed: the folder `clip-har serve --store-images DIR` kept the "

@@ -10,7 +10,6 @@ the gauge ``clip_har_drift_score{metric=...}``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -30,7 +29,7 @@ from clip_har.cli.common import (
     err_console,
     settings_from,
 )
-from clip_har.cli.feedback import IMAGES_ENV, database_url
+from clip_har.cli.feedback import IMAGES_ENV, database_option, database_url, images_or_env
 from clip_har.cli.outputs import force_option, manifest_inputs, output_option, prepare_output
 from clip_har.config import Settings
 from clip_har.data.manifest import manifest_info, read_manifest
@@ -182,13 +181,7 @@ def drift(
         metavar="DIR",
         help="Reference folder from `clip-har monitor reference`.",
     ),
-    database: Path | None = typer.Option(
-        None,
-        "--database",
-        metavar="FILE",
-        help="SQLite file of `clip-har serve` (default: $CLIP_HAR_SERVE_DATABASE_URL or "
-        "$DATABASE_URL, any SQLAlchemy URL, else ./clip-har-serving.db).",
-    ),
+    database: Path | None = database_option(),
     images: Path | None = typer.Option(
         None,
         "--images",
@@ -239,8 +232,7 @@ def drift(
     now = datetime.now(timezone.utc)
     start = parse_since(since, now)
     url, database_file = database_url(database)
-    if images is None and os.environ.get(IMAGES_ENV):
-        images = Path(os.environ[IMAGES_ENV])
+    images = images_or_env(images)
     if images is not None and not images.is_dir():
         raise UsageError(f"--images {images}: no such folder")
     prepare_output(
